@@ -1,0 +1,53 @@
+"""Describe a checkpoint's hook points from its configs alone: no weights are read or allocated.
+
+Used by `sceneprobe hooks` and the planner, so that SD v1.4's 16 layers can be listed without its 4 GB of weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+from ldm.errors import UserError
+from ldm.hooks import HookPoint, find_hook_points
+from ldm.loading import resolve_model_path
+
+
+def _read_config(model_path: str, component: str) -> dict:
+    local = Path(model_path) / component / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    from huggingface_hub import hf_hub_download
+
+    try:
+        try:  # the cache first: without network the hub client would retry for ~20 s
+            file = hf_hub_download(model_path, "config.json", subfolder=component, local_files_only=True)
+        except Exception:  # noqa: BLE001
+            file = hf_hub_download(model_path, "config.json", subfolder=component)
+        return json.loads(Path(file).read_text())
+    except Exception as err:  # noqa: BLE001 - any hub failure means "not available here"
+        raise UserError(
+            f"cannot read {component}/config.json of {model_path!r}: not a local folder and not in the Hugging Face "
+            f"cache ({type(err).__name__}); download it where there is network (`hf download {model_path}`) "
+            "or pass a local folder"
+        ) from None
+
+
+def empty_unet(unet_config: dict):
+    """A `UNet2DConditionModel` with this config on the meta device (shapes only, no memory)."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    with init_empty_weights():
+        return UNet2DConditionModel.from_config(unet_config)
+
+
+def describe_hook_points(model: str, height: int | None = None, width: int | None = None) -> list[HookPoint]:
+    """Hook points of `model` ("toy", a folder or a hub id) at the given image size (default: native)."""
+    path = resolve_model_path(model)
+    unet_config, vae_config = _read_config(path, "unet"), _read_config(path, "vae")
+    vae_scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    native = unet_config["sample_size"] * vae_scale
+    pipe = SimpleNamespace(unet=empty_unet(unet_config), vae=SimpleNamespace(config=SimpleNamespace(**vae_config)))
+    return find_hook_points(pipe, (height or native) // vae_scale, (width or native) // vae_scale)

@@ -1,0 +1,215 @@
+"""Load any diffusers Stable Diffusion checkpoint (SD 1.x, 2.x, SDXL, the embedded toy model) for probing.
+
+`load_model` returns a `LoadedModel`: the pipeline plus the generation settings of a run, and the one place where images
+are generated. Seeds follow the paper: each image's initial noise is drawn on the CPU from its own seeded generator,
+so an image depends on its seed alone, not on the device or on which other images share its batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ldm.errors import UserError
+from ldm.hooks import HookPoint, find_hook_points
+
+TOY_MODEL = "toy"
+TOY_CHECKPOINT = Path(__file__).parent / "toy" / "checkpoint"
+TOY_REBUILD = "python -m ldm.toy.train_ldm --out ldm/toy/checkpoint"
+
+SCHEDULERS = {
+    "lms": "LMSDiscreteScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How images are generated. Defaults are the paper's (SD v1.4: LMS, 15 steps, guidance 7.5)."""
+
+    steps: int = 15
+    guidance_scale: float = 7.5
+    height: int | None = None  # None: the model's native size
+    width: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise UserError(f"steps must be >= 1, got {self.steps}")
+        for side in ("height", "width"):
+            value = getattr(self, side)
+            if value is not None and (value < 8 or value % 8):
+                raise UserError(f"{side} must be a positive multiple of 8, got {value}")
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline ready to generate, with its name, settings and hook points."""
+
+    name: str
+    pipe: object  # a diffusers StableDiffusion(XL)Pipeline
+    config: GenerationConfig = field(default_factory=GenerationConfig)
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.pipe.unet
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipe.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of generated images in pixels."""
+        native = self.unet.config.sample_size * self.vae_scale_factor
+        return (self.config.height or native, self.config.width or native)
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        h, w = self.image_size
+        return h // self.vae_scale_factor, w // self.vae_scale_factor
+
+    @property
+    def hook_points(self) -> list[HookPoint]:
+        """Every U-Net self-attention output, plus the extra pseudo-layers, at this model's image size."""
+        return find_hook_points(self.pipe, *self.latent_size)
+
+    def initial_noise(self, seeds: list[int]) -> torch.Tensor:
+        """Unscaled initial noise `(image, c, h, w)`, float32 on the CPU, one seeded generator per image."""
+        shape = (1, self.unet.config.in_channels, *self.latent_size)
+        noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
+        return torch.cat(noise)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seeds: list[int]) -> np.ndarray:
+        """Generate one image per (prompt, seed). Returns uint8 `(image, H, W, 3)`."""
+        if len(prompts) != len(seeds):
+            raise UserError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
+        height, width = self.image_size
+        latents = self.initial_noise(seeds).to(self.device, self.dtype)
+        out = self.pipe(
+            prompt=list(prompts),
+            height=height,
+            width=width,
+            num_inference_steps=self.config.steps,
+            guidance_scale=self.config.guidance_scale,
+            latents=latents,
+            output_type="np",
+        )
+        return (np.clip(out.images, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but no CUDA device is available; use device='cpu'")
+    return device
+
+
+def resolve_model_path(model: str) -> str:
+    """The toy model's folder for "toy"; a local folder as is; otherwise a hub id (returned unchanged)."""
+    if model == TOY_MODEL:
+        index = TOY_CHECKPOINT / "model_index.json"
+        if not index.is_file():
+            raise UserError(f"the toy model checkpoint is missing ({index}); rebuild it with `{TOY_REBUILD}`")
+        return str(TOY_CHECKPOINT)
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise UserError(
+                f"{path} is not a diffusers pipeline folder (no model_index.json); "
+                "pass a folder saved with `save_pretrained` or a hub id"
+            )
+        return str(path)
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise UserError(f"model folder {model!r} does not exist")
+    return model
+
+
+def _pipeline_class(model_path: str):
+    """The pipeline class named in the checkpoint's model_index.json (SDXL gets its own class)."""
+    import diffusers
+
+    local = Path(model_path) / "model_index.json"
+    try:
+        if local.is_file():
+            index = json.loads(local.read_text())
+        else:
+            index = diffusers.DiffusionPipeline.load_config(model_path)
+    except Exception as err:  # noqa: BLE001 - hub errors come in many types; all mean "not available here"
+        raise UserError(
+            f"cannot load model {model_path!r}: not a local folder and not in the Hugging Face cache "
+            f"({type(err).__name__}). Download it where there is network (`hf download {model_path}`) "
+            "or pass a local folder saved with `save_pretrained`"
+        ) from None
+    name = index.get("_class_name", "StableDiffusionPipeline")
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise UserError(f"{model_path}: pipeline class {name!r} is not in this diffusers version")
+    return cls
+
+
+def load_model(
+    model: str = TOY_MODEL,
+    scheduler: str = "lms",
+    steps: int = 15,
+    guidance_scale: float = 7.5,
+    dtype: str = "float32",
+    device: str = "cpu",
+    height: int | None = None,
+    width: int | None = None,
+    permute_seed: int | None = None,
+) -> LoadedModel:
+    """Load a Stable Diffusion-family pipeline for probing.
+
+    model: "toy" (the embedded toy LDM), a local diffusers folder, or a Hugging Face hub id (SD 1.x/2.x/XL).
+    scheduler: one of lms (the paper's), ddim, euler, pndm. dtype: float32, float16 or bfloat16.
+    device: cpu, cuda, cuda:N or auto. permute_seed: if given, the U-Net's weights are permuted (the paper's control).
+    """
+    import diffusers
+
+    diffusers.utils.logging.disable_progress_bar()
+    config = GenerationConfig(steps=steps, guidance_scale=guidance_scale, height=height, width=width)
+    if scheduler not in SCHEDULERS:
+        raise UserError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    device = resolve_device(device)
+    path = resolve_model_path(model)
+    cls = _pipeline_class(path)
+    kwargs: dict = {"dtype": DTYPES[dtype]}
+    if "safety_checker" in inspect.signature(cls.__init__).parameters:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        pipe = cls.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load model {model!r} from {path}: {err}") from None
+    scheduler_cls = getattr(diffusers, SCHEDULERS[scheduler])
+    # SD's own PNDM config skips the Runge-Kutta warm-up steps; keep that when switching schedulers.
+    extra = {"skip_prk_steps": True} if scheduler == "pndm" else {}
+    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    if permute_seed is not None:
+        from ldm.control import permute_weights
+
+        permute_weights(pipe.unet, permute_seed)
+    pipe.to(device)
+    loaded = LoadedModel(name=model, pipe=pipe, config=config)
+    loaded.hook_points  # fail at load time, not mid-run, on a U-Net without self-attention
+    return loaded

@@ -1,0 +1,28 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny_pipelines  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def sd1_path(tmp_path_factory) -> Path:
+    return tiny_pipelines.build_sd1(tmp_path_factory.mktemp("sd1"))
+
+
+@pytest.fixture(scope="session")
+def sd2_path(tmp_path_factory) -> Path:
+    return tiny_pipelines.build_sd2(tmp_path_factory.mktemp("sd2"))
+
+
+@pytest.fixture(scope="session")
+def sdxl_path(tmp_path_factory) -> Path:
+    return tiny_pipelines.build_sdxl(tmp_path_factory.mktemp("sdxl"))

@@ -1,0 +1,127 @@
+"""Tiny random-weight Stable Diffusion-family pipelines (SD1-, SD2- and SDXL-like), saved to disk for tests.
+
+They have the real topologies at toy widths, so hook discovery, capture and edits are tested on the same code paths as
+the real models, without downloading anything.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+
+def save_char_tokenizer(folder: Path, max_length: int = 16):
+    """A CLIP tokenizer whose vocabulary is single characters: enough to encode any lower-case ASCII caption."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = string.ascii_lowercase + string.digits + ",.'-"
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + list(chars) + [c + "</w>" for c in chars]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length, pad_token="<|endoftext|>"
+    )
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def _text_encoder(vocab_size: int, hidden: int, projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=16, projection_dim=hidden, bos_token_id=0, eos_token_id=1,
+        pad_token_id=1,
+    )
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=4, sample_size=32,
+    )
+
+
+def _scheduler():
+    from diffusers import LMSDiscreteScheduler
+
+    return LMSDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+
+
+def build_sd1(folder: Path, seed: int = 0, attention: str = "self") -> Path:
+    """SD v1 layout: 3 cross-attention down blocks + 1 plain, attention mid block, mirrored up: 16 attn1 layers.
+
+    attention: "self" (SD v1), "cross_only" (attn1 attends to the text: no self-attention outside the mid block) or
+    "none" (no transformer blocks at all).
+    """
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tokenizer = save_char_tokenizer(folder / "_tok")
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(8, 16, 16, 16), norm_num_groups=4, cross_attention_dim=16, attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",) if attention != "none" else ("DownBlock2D",) * 4,
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3 if attention != "none" else ("UpBlock2D",) * 4,
+        mid_block_type="UNetMidBlock2DCrossAttn" if attention != "none" else None,
+        only_cross_attention=attention == "cross_only",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=_vae(), text_encoder=_text_encoder(len(tokenizer), 16), tokenizer=tokenizer, unet=unet,
+        scheduler=_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_sd2(folder: Path, seed: int = 0) -> Path:
+    """SD v2 layout: linear projections in the transformers and per-block head dims."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tokenizer = save_char_tokenizer(folder / "_tok")
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(8, 16, 16, 16), norm_num_groups=4, cross_attention_dim=24,
+        attention_head_dim=(2, 4, 4, 4), use_linear_projection=True,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=_vae(), text_encoder=_text_encoder(len(tokenizer), 24), tokenizer=tokenizer, unet=unet,
+        scheduler=_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_sdxl(folder: Path, seed: int = 0) -> Path:
+    """SDXL layout: a plain first block, several transformer layers per block, two text encoders, size conditioning."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tokenizer = save_char_tokenizer(folder / "_tok")
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(8, 16, 16), norm_num_groups=4, attention_head_dim=(2, 4, 4),
+        use_linear_projection=True, transformer_layers_per_block=(1, 2, 2),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 16, cross_attention_dim=32,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=_text_encoder(len(tokenizer), 16), tokenizer=tokenizer,
+        text_encoder_2=_text_encoder(len(tokenizer), 16, projection=True), tokenizer_2=tokenizer,
+        unet=unet, scheduler=_scheduler(),
+    )
+    pipe.save_pretrained(folder)
+    return folder

@@ -1,0 +1,87 @@
+"""The `sceneprobe` command line. User errors print as one line (exit 2); `--debug` shows the traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ldm.errors import UserError
+
+
+def cmd_hooks(args: argparse.Namespace) -> int:
+    """Print the hook table of a model without loading its weights."""
+    from ldm.architecture import describe_hook_points
+    from ldm.hooks import format_hook_table
+
+    points = describe_hook_points(args.model, height=args.height, width=args.width)
+    print(format_hook_table(points))
+    unet = [p for p in points if p.kind == "unet"]
+    print(f"\n{len(unet)} self-attention hook points; extras: {', '.join(p.name for p in points if p.kind == 'extra')}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate a few toy images with capture on, save them, and print the hook table."""
+    import numpy as np
+    from PIL import Image
+
+    from ldm.capture import ArraySink, capture
+    from ldm.hooks import format_hook_table
+    from ldm.loading import load_model
+    from ldm.toy.render import render_batch
+
+    model = load_model("toy", steps=args.steps)
+    print(format_hook_table(model.hook_points), "\n")
+    seeds = list(range(1_000_000, 1_000_000 + args.images))
+    prompts = render_batch(seeds).captions
+    sink = ArraySink()
+    start = time.perf_counter()
+    with capture(model, sink):
+        images = model.generate(prompts, seeds)
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (prompt, image) in enumerate(zip(prompts, images)):
+        Image.fromarray(image).save(out / f"{i:02d}.png")
+        print(f"{out / f'{i:02d}.png'}: {prompt}")
+    Image.fromarray(np.concatenate(list(images), axis=1)).save(out / "strip.png")
+    values = sum(a.size for a in sink.arrays.values())
+    print(f"\n{len(images)} images in {seconds:.1f}s with {len(sink.arrays)} hook points x {args.steps} steps captured "
+          f"({values / len(images) / 1e6:.2f}M values per image); strip: {out / 'strip.png'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sceneprobe", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    hooks = sub.add_parser("hooks", help="list a model's hook points (self-attention outputs and extras)")
+    hooks.add_argument("model", help='"toy", a local diffusers folder, or a hub id in the local cache')
+    hooks.add_argument("--height", type=int, default=None, help="image height in pixels (default: native)")
+    hooks.add_argument("--width", type=int, default=None, help="image width in pixels (default: native)")
+    hooks.set_defaults(func=cmd_hooks)
+
+    demo = sub.add_parser("demo", help="generate a few toy-world images with capture and print the hook table")
+    demo.add_argument("--images", type=int, default=4)
+    demo.add_argument("--steps", type=int, default=15)
+    demo.add_argument("--out", default="runs/demo")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
