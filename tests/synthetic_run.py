@@ -1,0 +1,56 @@
+"""A small run store with planted activations, built without a model: the answer is known.
+
+Images are blocky (4x4 blocks of 4x4 pixels) so layer-resolution labels are exact. Fake labelers: saliency = red
+channel > 127, depth = green channel / 255. Hook "good" encodes both labels linearly in its first channels (plus
+noise); hook "noise" encodes nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ldm.labelers import Labeler
+from workflows.config import PromptsConfig, RunConfig
+from workflows.prompts import Plan
+from workflows.store import Layout, ShardWriter, create_store
+
+H = W = 16
+h = w = 4
+C = 6
+STEPS = 2
+
+
+def fake_labelers() -> dict[str, Labeler]:
+    return {
+        "saliency": Labeler("fake-saliency", "v1", "saliency", lambda im: (im[..., 0] > 127).astype(np.float32)),
+        "depth": Labeler("fake-depth", "v1", "depth", lambda im: im[..., 1].astype(np.float32) / 255),
+    }
+
+
+def build(output: str, n_images: int = 24, shard_size: int = 4, complete_shards: list[int] | None = None,
+          seed: int = 0) -> RunConfig:
+    rng = np.random.default_rng(seed)
+    cfg = RunConfig(model="synthetic", steps=STEPS, prompts=PromptsConfig(source="file", path="unused.csv"),
+                    num_images=None, output=output, shard_size=shard_size, batch_size=shard_size, hooks=["good", "noise"],
+                    extras=[])
+    splits = ["test" if i % 3 == 0 else "train" for i in range(n_images)]
+    plan = Plan([f"prompt {i}" for i in range(n_images)], list(range(n_images)), splits)
+    create_store(cfg, plan, Layout({"good": (h, w, C), "noise": (h, w, C)}, (H, W), STEPS))
+    blocks = rng.integers(0, 256, size=(n_images, h, w, 3), dtype=np.uint8)
+    images = blocks.repeat(4, axis=1).repeat(4, axis=2)
+    salient = (blocks[..., 0] > 127).astype(np.float32)
+    depth = blocks[..., 1].astype(np.float32) / 255
+    good = rng.normal(size=(n_images, STEPS, h, w, C)).astype(np.float32) * 0.3
+    good[..., 0] += 4 * (salient[:, None] - 0.5)
+    good[..., 1] += 3 * depth[:, None]
+    noise = rng.normal(size=(n_images, STEPS, h, w, C)).astype(np.float32)
+    writer = ShardWriter(output)
+    n_shards = n_images // shard_size
+    for shard in range(n_shards) if complete_shards is None else complete_shards:
+        a, b = shard * shard_size, (shard + 1) * shard_size
+        writer.write_images(a, images[a:b])
+        for step in range(STEPS):
+            writer.write_act("good", a, step, good[a:b, step])
+            writer.write_act("noise", a, step, noise[a:b, step])
+        writer.complete(shard, {"shard": shard})
+    return cfg

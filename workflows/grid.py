@@ -1,0 +1,283 @@
+"""The probe grid: one linear probe per (variant, hook point, step, target), fit on training images, scored on test.
+
+Work is grouped by (variant, hook, step): a group reads one `(image, h, w, c)` slice of the store once and fits every
+target on it (plus the shuffled-label control for the model itself). Each finished group leaves its probe weights
+(`probes/weights/<variant>/<hook>/step<NN>.safetensors`) and then its metric rows (`probes/rows/...json`, written last:
+the group's completion record); `probes/metrics.parquet` is assembled from the rows, so a killed grid resumes by
+skipping groups that have rows. The Ray wrapper (`workflows.ray_grid`) only schedules `fit_group` calls.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+
+from ldm.errors import UserError
+from probes.baselines import fit_control_probe, position_map, position_prediction
+from probes.chunks import NonFiniteError
+from probes.fit import fit_probe
+from probes.linear import LinearProbe
+from probes.metrics import DepthScaler, Scores, score_depth, score_saliency
+from workflows.labels import labelled_shards, read_labels
+from workflows.store import (
+    complete_images, load_layout, load_plan, load_run_config, open_store, read_file, write_atomic,
+)
+
+METRIC_NAMES = {  # probes.metrics keys -> metrics.parquet columns (docs/CONTRACTS.md)
+    "dice_fg": "dice", "dice_bg": "dice_bg", "iou": "iou",
+    "rmse": "rmse", "spearman": "spearman", "pearson": "pearson", "r2_beyond_position": "r2_pos",
+}
+_METRICS = [p + m + s for p in ("", "layer_") for m in METRIC_NAMES.values() for s in ("", "_lo", "_hi")]
+SCHEMA = pa.schema(
+    [("variant", pa.string()), ("hook", pa.string()), ("step", pa.int32()), ("target", pa.string()),
+     ("mode", pa.string()), ("n_train", pa.int32()), ("n_test", pa.int32())]
+    + [(m, pa.float64()) for m in _METRICS]
+    + [("alpha", pa.float64()), ("fit_seconds", pa.float64()), ("error", pa.string())]
+)
+
+
+@dataclass(frozen=True)
+class ProbeGroup:
+    """The probes fit on one activation slice: `hook` at `step` of `variant`'s store."""
+
+    variant: str
+    hook: str
+    step: int
+
+    @property
+    def path(self) -> str:
+        return f"{self.variant}/{self.hook}/step{self.step:02d}"
+
+
+@dataclass
+class GridData:
+    """Labels prepared once for the whole grid: saliency masks in {0, 1}, depth standardised with the training split.
+
+    train/test: image indices `(image,)`; labels[target] = (train `(image, H, W)`, test `(image, H, W)`).
+    """
+
+    train: np.ndarray
+    test: np.ndarray
+    labels: dict[str, tuple[np.ndarray, np.ndarray]]
+    mean_maps: dict[str, np.ndarray]
+    depth_scaler: DepthScaler | None
+    mode: str = "ours"
+    seed: int = 0
+    n_boot: int = 1000
+
+
+def variant_output(output: str, variant: str) -> str:
+    """Where a variant's activations live: the run itself, or a whole run store under variants/."""
+    return output if variant == "ldm" else posixpath.join(output, "variants", variant)
+
+
+def usable_images(output: str, targets: tuple[str, ...], variants: tuple[str, ...]) -> np.ndarray:
+    """Boolean `(image,)`: generated in every variant and labelled for every target."""
+    ok = complete_images(output)
+    for variant in variants:
+        if variant != "ldm":
+            ok &= complete_images(variant_output(output, variant))
+    shard_of = np.arange(len(ok)) // load_run_config(output).shard_size
+    for target in targets:
+        ok &= np.isin(shard_of, sorted(labelled_shards(output, target)))
+    return ok
+
+
+def prepare_grid_data(output: str, targets: tuple[str, ...] = ("saliency", "depth"),
+                      variants: tuple[str, ...] = ("ldm",), mode: str = "ours", seed: int = 0,
+                      n_boot: int = 1000) -> GridData:
+    """Split usable images by the manifest's split and load their labels. Test images never shape a fit."""
+    ok = usable_images(output, targets, variants)
+    split = np.asarray(load_plan(output).splits)
+    train, test = np.flatnonzero(ok & (split == "train")), np.flatnonzero(ok & (split == "test"))
+    if len(train) < 2 or len(test) < 1:
+        raise UserError(
+            f"the probe grid needs >= 2 training and >= 1 test images with activations and labels; have "
+            f"{len(train)} train, {len(test)} test. Run the generate and label stages first"
+        )
+    labels, maps, scaler = {}, {}, None
+    for target in targets:
+        tr, te = read_labels(output, target, train), read_labels(output, target, test)
+        if target == "saliency":  # any confident foreground pixel counts, as the paper binarises TRACER's map
+            tr, te = (tr > 0.5).astype(np.float32), (te > 0.5).astype(np.float32)
+        else:
+            scaler = DepthScaler.fit(tr)
+            tr, te = scaler.transform(tr), scaler.transform(te)
+        labels[target] = (tr, te)
+        maps[target] = position_map(tr)
+    return GridData(train, test, labels, maps, scaler, mode, seed, n_boot)
+
+
+def _metric_columns(scores: Scores) -> dict[str, float]:
+    row = {}
+    for key, est in scores.estimates.items():
+        resolution, metric = key.split("/")
+        name = ("" if resolution == "image" else "layer_") + METRIC_NAMES[metric]
+        row.update({name: est.mean, f"{name}_lo": est.lo, f"{name}_hi": est.hi})
+    return row
+
+
+def score_prediction(target: str, pred: np.ndarray, data: GridData) -> Scores:
+    """Score test predictions `(image, h, w)` for `target` (probability for saliency, standardised depth)."""
+    truth = data.labels[target][1]
+    if target == "saliency":
+        return score_saliency(pred, truth, n_boot=data.n_boot, seed=data.seed)
+    return score_depth(pred, truth, data.mean_maps["depth"], n_boot=data.n_boot, seed=data.seed)
+
+
+def fit_and_score(acts_train: np.ndarray, acts_test: np.ndarray, target: str, data: GridData,
+                  shuffled: bool = False) -> tuple[dict, LinearProbe | None]:
+    """Fit one probe on `(image, h, w, c)` training activations and score it on the test activations.
+
+    Returns the metric columns (with `error` set instead when the probe cannot be fit or scored) and the probe.
+    """
+    start = time.perf_counter()
+    train_labels = data.labels[target][0]
+    try:
+        if shuffled:
+            probe = fit_control_probe(acts_train, train_labels, target, seed=data.seed, mode=data.mode)
+        else:
+            probe = fit_probe(acts_train, train_labels, target, mode=data.mode, seed=data.seed)
+        row = _metric_columns(score_prediction(target, probe.predict(acts_test), data))
+    except NonFiniteError as err:
+        return {"error": f"non-finite values: {err}", "fit_seconds": time.perf_counter() - start}, None
+    row.update(alpha=probe.alpha, fit_seconds=time.perf_counter() - start, error=None)
+    return row, probe
+
+
+def read_activations(output: str, group: ProbeGroup, images: np.ndarray) -> np.ndarray:
+    """`(image, h, w, c)` activations of one (hook, step) for the given images: reads only that step's chunks."""
+    root = open_store(variant_output(output, group.variant))
+    name = f"acts/{group.hook}/act"
+    if name not in root:
+        have = sorted(k for k in root["acts"].group_keys()) if "acts" in root else []
+        raise UserError(f"hook {group.hook!r} is not in the store of variant {group.variant!r}; stored: {', '.join(have)}")
+    array = root[name]
+    if not 0 <= group.step < array.shape[1]:
+        raise UserError(f"step {group.step} is not in the store: steps 0..{array.shape[1] - 1} were recorded")
+    return array.get_orthogonal_selection((images, group.step))
+
+
+def fit_group(output: str, group: ProbeGroup, data: GridData) -> list[dict]:
+    """Fit and score every target on one activation slice; store weights, then the rows (the completion record)."""
+    every = np.concatenate([data.train, data.test])
+    acts = read_activations(output, group, every)
+    acts_train, acts_test = acts[: len(data.train)], acts[len(data.train):]
+    rows, weights = [], {}
+    jobs = [(group.variant, False)] + ([("shuffled", True)] if group.variant == "ldm" else [])
+    for target in data.labels:
+        for variant, shuffled in jobs:
+            metrics, probe = fit_and_score(acts_train, acts_test, target, data, shuffled)
+            rows.append(dict(variant=variant, hook=group.hook, step=group.step, target=target, mode=data.mode,
+                             n_train=len(data.train), n_test=len(data.test), **metrics))
+            if probe is not None:
+                weights.update({f"{variant}/{target}/{k}": v for k, v in probe.to_dict().items()})
+    write_atomic(output, f"probes/weights/{group.path}.safetensors", save_safetensors(weights))
+    write_atomic(output, f"probes/rows/{group.path}.json", json.dumps(rows, default=float).encode())
+    return rows
+
+
+def position_rows(data: GridData) -> list[dict]:
+    """The position-only baseline per target: the training split's mean label map as every test image's prediction."""
+    rows = []
+    for target, (_, test) in data.labels.items():
+        h, w = test.shape[1:]
+        pred = position_prediction(data.mean_maps[target], len(test), h, w)
+        if target == "saliency":
+            pred = np.ascontiguousarray(pred)
+        rows.append(dict(variant="position", hook="-", step=-1, target=target, mode="-", n_train=len(data.train),
+                         n_test=len(data.test), alpha=np.nan, fit_seconds=0.0, error=None,
+                         **_metric_columns(score_prediction(target, pred, data))))
+    return rows
+
+
+def plan_groups(output: str, variants: tuple[str, ...] = ("ldm",), hooks: list[str] | None = None,
+                steps: list[int] | None = None) -> list[ProbeGroup]:
+    """Every (variant, hook, step) group to fit; hooks/steps default to everything in the store."""
+    layout = load_layout(output)
+    names = list(layout.acts) if hooks is None else hooks
+    unknown = [h for h in names if h not in layout.acts]
+    if unknown:
+        raise UserError(f"hook point(s) {', '.join(unknown)} not in the store; stored: {', '.join(layout.acts)}")
+    all_steps = list(range(layout.steps)) if steps is None else steps
+    bad = [s for s in all_steps if not 0 <= s < layout.steps]
+    if bad:
+        raise UserError(f"step(s) {bad} not in the store: steps 0..{layout.steps - 1} were recorded")
+    return [ProbeGroup(v, h, s) for v in variants for h in names for s in all_steps]
+
+
+def finished_groups(output: str) -> dict[str, list[dict]]:
+    """{group path: rows} for groups whose rows record exists."""
+    fs, root = fsspec.core.url_to_fs(output)
+    base = posixpath.join(root, "probes", "rows")
+    try:
+        files = fs.find(base)
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for file in files:
+        if file.endswith(".json") and ".tmp-" not in file:
+            out[posixpath.relpath(file, base)[: -len(".json")]] = json.loads(fs.cat_file(file))
+    return out
+
+
+def write_metrics(output: str, rows: list[dict]) -> pa.Table:
+    """Write `probes/metrics.parquet` (atomically) from all rows; columns per docs/CONTRACTS.md."""
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_atomic(output, "probes/metrics.parquet", sink.getvalue().to_pybytes())
+    return table
+
+
+def read_metrics(output: str):
+    """`probes/metrics.parquet` as a pandas-free pyarrow Table."""
+    data = read_file(output, "probes/metrics.parquet")
+    if data is None:
+        raise UserError(f"no probe metrics in {output}; run the probe stage first (`sceneprobe probe CONFIG`)")
+    return pq.read_table(pa.BufferReader(data))
+
+
+def load_probe(output: str, variant: str, target: str, hook: str, step: int) -> LinearProbe:
+    """A fitted probe from the grid's weights."""
+    group = ProbeGroup("ldm" if variant == "shuffled" else variant, hook, step)
+    data = read_file(output, f"probes/weights/{group.path}.safetensors")
+    if data is None:
+        raise UserError(f"no fitted probe for {variant} {hook} step {step}; run the probe stage for it first")
+    tensors = load_safetensors(data)
+    prefix = f"{variant}/{target}/"
+    fields = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if not fields:
+        raise UserError(f"the probe for {target} at {variant} {hook} step {step} could not be fit (see metrics error)")
+    return LinearProbe.from_dict(fields)
+
+
+def run_grid(output: str, groups: list[ProbeGroup], data: GridData,
+             fit_many: Callable[[list[ProbeGroup]], Iterable[tuple[ProbeGroup, list[dict]]]] | None = None,
+             progress: Callable[[int], None] | None = None) -> pa.Table:
+    """Fit the groups not yet finished, then assemble metrics.parquet from every group's rows.
+
+    fit_many(todo) yields (group, rows) as groups finish, in any order; default: one after another in this process
+    (`workflows.ray_grid` passes one that fans out to Ray tasks).
+    """
+    done = finished_groups(output)
+    todo = [g for g in groups if g.path not in done]
+    if progress and len(groups) > len(todo):
+        progress(len(groups) - len(todo))
+    fit_many = fit_many or (lambda gs: ((g, fit_group(output, g, data)) for g in gs))
+    for group, rows in fit_many(todo):
+        done[group.path] = rows
+        if progress:
+            progress(1)
+    rows = [row for group in groups for row in done[group.path]] + position_rows(data)
+    return write_metrics(output, rows)

@@ -1,0 +1,97 @@
+"""The label stage: pseudo-labels for every finished image, stored beside the activations.
+
+Labels live in the run's Zarr store as `labels/<target>` `(image, y, x)` float32 at image resolution, with the
+labeler's name and version as attributes. Work goes shard by shard (a shard's images exist only once its completion
+record does); `label_records/<target>/<shard>.json` is written after each shard's labels, so a killed stage resumes
+where it stopped and parallel tasks never write the same file. A store labelled by one labeler version is never silently mixed with another.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Callable, Sequence
+
+import fsspec
+import numpy as np
+
+from ldm.errors import UserError
+from ldm.labelers import Labeler, load_depth_labeler, load_saliency_labeler
+from workflows.store import completion_records, load_run_config, open_store, shard_ranges, write_atomic
+
+TARGETS = ("saliency", "depth")
+
+
+def load_labeler(target: str, kind: str = "toy", checkpoint: str | None = None, device: str = "cpu",
+                 trust_remote_code: bool = False) -> Labeler:
+    """The labeler for `target` ("saliency" or "depth")."""
+    if target not in TARGETS:
+        raise UserError(f"unknown label target {target!r}; choose one of {', '.join(TARGETS)}")
+    load = load_depth_labeler if target == "depth" else load_saliency_labeler
+    return load(kind, checkpoint=checkpoint, device=device, trust_remote_code=trust_remote_code)
+
+
+def labelled_shards(output: str, target: str) -> set[int]:
+    fs, root = fsspec.core.url_to_fs(output)
+    try:
+        names = fs.ls(posixpath.join(root, "label_records", target), detail=False)
+    except FileNotFoundError:
+        return set()
+    return {int(posixpath.basename(n)[:-5]) for n in names if n.endswith(".json") and ".tmp-" not in n}
+
+
+def _label_array(root, target: str, labeler: Labeler, n: int, height: int, width: int, chunk: int):
+    path = f"labels/{target}"
+    if path in root:
+        arr = root[path]
+        stored = arr.attrs.get("version")
+        if stored != labeler.version:
+            raise UserError(
+                f"labels/{target} was made by {arr.attrs.get('labeler')} {stored}, not {labeler.name} "
+                f"{labeler.version}; use the same labeler, or a new run to relabel"
+            )
+        return arr
+    return root.create_array(
+        path, shape=(n, height, width), chunks=(chunk, height, width), dtype="float32", fill_value=np.nan,
+        dimension_names=("image", "y", "x"), attributes={"labeler": labeler.name, "version": labeler.version},
+    )
+
+
+def label_shards(output: str, target: str, labeler: Labeler, shards: Sequence[int] | None = None,
+                 on_shard: Callable[[int, int], None] | None = None) -> list[int]:
+    """Label the complete, not yet labelled shards (or just `shards`); returns the shards labelled now.
+
+    on_shard(shard, n_images) is called after each shard is stored (progress).
+    """
+    cfg = load_run_config(output)
+    root = open_store(output, mode="r+")
+    images = root["images"]
+    n, height, width = images.shape[:3]
+    array = _label_array(root, target, labeler, n, height, width, cfg.shard_size)
+    ranges = shard_ranges(n, cfg.shard_size)
+    ready = set(completion_records(output)) - labelled_shards(output, target)
+    todo = sorted(ready if shards is None else ready & set(shards))
+    for shard in todo:
+        start, stop = ranges[shard]
+        array[start:stop] = labeler(images[start:stop])
+        record = {"shard": shard, "labeler": labeler.name, "version": labeler.version}
+        write_atomic(output, f"label_records/{target}/{shard:06d}.json", json.dumps(record).encode())
+        if on_shard:
+            on_shard(shard, stop - start)
+    return todo
+
+
+def read_labels(output: str, target: str, images: np.ndarray | None = None) -> np.ndarray:
+    """Labels `(image, H, W)` float32 for `images` (indices; default all). Raises naming any image without labels."""
+    root = open_store(output)
+    if f"labels/{target}" not in root:
+        raise UserError(f"no {target} labels in {output}; run the label stage first (`sceneprobe label CONFIG`)")
+    array = root[f"labels/{target}"]
+    index = np.arange(array.shape[0]) if images is None else np.asarray(images)
+    cfg = load_run_config(output)
+    done = labelled_shards(output, target)
+    missing = [int(i) for i in index if int(i) // cfg.shard_size not in done]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise UserError(f"{len(missing)} images have no {target} labels (images {shown}); run the label stage")
+    return array.get_orthogonal_selection((index, slice(None), slice(None)))

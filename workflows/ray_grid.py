@@ -1,0 +1,57 @@
+"""Ray fan-out for the label stage and the probe grid: thin wrappers around `workflows.labels` and `workflows.grid`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import ray
+
+from ldm.labelers import Labeler
+from workflows.grid import GridData, ProbeGroup, fit_group
+from workflows.labels import label_shards, load_labeler
+
+_LABELERS: dict[tuple, Labeler] = {}  # one loaded labeler per worker process and spec
+
+
+def _labeler(target: str, spec: dict) -> Labeler:
+    key = (target, tuple(sorted(spec.items())))
+    if key not in _LABELERS:
+        _LABELERS[key] = load_labeler(target, **spec)
+    return _LABELERS[key]
+
+
+@ray.remote
+def _label_task(output: str, target: str, spec: dict, shards: list[int]) -> list[int]:
+    return label_shards(output, target, _labeler(target, spec), shards)
+
+
+def label_with_ray(output: str, target: str, spec: dict, shards: list[int], shards_per_task: int = 4,
+                   num_gpus: float = 0) -> Iterator[list[int]]:
+    """Label `shards` in parallel tasks of `shards_per_task`; yields each task's labelled shards as it finishes."""
+    task = _label_task.options(num_gpus=num_gpus)
+    pending = [task.remote(output, target, spec, shards[i:i + shards_per_task])
+               for i in range(0, len(shards), shards_per_task)]
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(ready[0])
+
+
+@ray.remote
+def _fit_group_task(output: str, group: ProbeGroup, data: GridData) -> tuple[ProbeGroup, list[dict]]:
+    return group, fit_group(output, group, data)
+
+
+def fit_groups_with_ray(output: str, data: GridData, num_cpus: float = 1, max_in_flight: int = 256):
+    """A `fit_many` for `workflows.grid.run_grid`: one Ray task per group, labels shared through the object store."""
+
+    def fit_many(groups: list[ProbeGroup]) -> Iterator[tuple[ProbeGroup, list[dict]]]:
+        data_ref = ray.put(data)
+        task = _fit_group_task.options(num_cpus=num_cpus)
+        queue, pending = list(groups), []
+        while queue or pending:
+            while queue and len(pending) < max_in_flight:
+                pending.append(task.remote(output, queue.pop(0), data_ref))
+            ready, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(ready[0])
+
+    return fit_many
