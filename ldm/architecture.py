@@ -52,10 +52,16 @@ def empty_unet(unet_config: dict):
         return UNet2DConditionModel.from_config(unet_config)
 
 
+def image_size(model: str, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+    """(height, width, vae_scale) of the images `model` generates; None sides take the native size."""
+    vae_scale = 2 ** (len(read_config(model, "vae")["block_out_channels"]) - 1)
+    native = read_config(model, "unet")["sample_size"] * vae_scale
+    return height or native, width or native, vae_scale
+
+
 def describe_hook_points(model: str, height: int | None = None, width: int | None = None) -> list[HookPoint]:
     """Hook points of `model` ("toy", a folder or a hub id) at the given image size (default: native)."""
     unet_config, vae_config = read_config(model, "unet"), read_config(model, "vae")
-    vae_scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
-    native = unet_config["sample_size"] * vae_scale
+    height, width, vae_scale = image_size(model, height, width)
     pipe = SimpleNamespace(unet=empty_unet(unet_config), vae=SimpleNamespace(config=SimpleNamespace(**vae_config)))
-    return find_hook_points(pipe, (height or native) // vae_scale, (width or native) // vae_scale)
+    return find_hook_points(pipe, height // vae_scale, width // vae_scale)

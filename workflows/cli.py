@@ -53,6 +53,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print store sizes, probe counts and (with measured costs) device-hours of a run config."""
+    from workflows.config import load_config
+    from workflows.plan import format_plan, load_costs, plan_run
+
+    cfg = load_config(args.config, args.set)
+    print(format_plan(cfg, plan_run(cfg, costs=load_costs(args.costs))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sceneprobe", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
@@ -63,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     hooks.add_argument("--height", type=int, default=None, help="image height in pixels (default: native)")
     hooks.add_argument("--width", type=int, default=None, help="image width in pixels (default: native)")
     hooks.set_defaults(func=cmd_hooks)
+
+    plan = sub.add_parser("plan", help="print what a run will store and cost, before running it")
+    plan.add_argument("config", help="run config (YAML or TOML)")
+    plan.add_argument("--costs", default=None, help="JSON of measured costs from benchmarks/bench_generate.py --costs")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    plan.set_defaults(func=cmd_plan)
 
     demo = sub.add_parser("demo", help="generate a few toy-world images with capture and print the hook table")
     demo.add_argument("--images", type=int, default=4)

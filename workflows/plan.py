@@ -1,0 +1,121 @@
+"""`sceneprobe plan CONFIG`: what a run will produce and cost, before anything runs.
+
+Sizes are exact (from the model's configs: no weights are loaded); times come from measured per-image costs in a
+JSON file written by `benchmarks/bench_generate.py --costs FILE` on the target hardware, never from guesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+
+from ldm.architecture import describe_hook_points, image_size
+from workflows.config import RunConfig
+from workflows.prompts import build_plan
+
+FLOAT32_EXTRAS = ("latent", "x0")  # as stored by workflows.store
+TARGETS = ("saliency", "depth")
+
+
+@dataclass
+class ArrayPlan:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        size = {"float16": 2, "float32": 4, "uint8": 1}[self.dtype]
+        for n in self.shape:
+            size *= n
+        return size
+
+
+@dataclass
+class RunPlan:
+    n_train: int
+    n_test: int
+    arrays: list[ArrayPlan]
+    probe_groups: int  # (variant, hook, step) slices read once each
+    probes: int  # fitted probes, all targets and controls
+    hours: dict[str, float] = field(default_factory=dict)  # device-hours per stage, when costs were measured
+    free_bytes: int | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays)
+
+
+def plan_run(cfg: RunConfig, variants: tuple[str, ...] = ("ldm", "permuted", "shuffled"), costs: dict | None = None) -> RunPlan:
+    """Sizes and counts of the run `cfg` describes; `costs` (seconds per image / per probe) gives device-hours."""
+    items = build_plan(cfg)
+    n, n_train = len(items), items.count("train")
+    points = {p.name: p for p in describe_hook_points(cfg.model, cfg.height, cfg.width)}
+    hooks = [name for name, p in points.items() if p.kind == "unet"] if cfg.hooks is None else list(cfg.hooks)
+    recorded = hooks + list(cfg.extras)
+    height, width, _ = image_size(cfg.model, cfg.height, cfg.width)
+    arrays = [ArrayPlan("images", (n, height, width, 3), "uint8")]
+    for variant in (v for v in variants if v != "shuffled"):
+        prefix = "" if variant == "ldm" else f"variants/{variant}/"
+        for name in recorded:
+            p = points[name]
+            dtype = "float32" if name in FLOAT32_EXTRAS else "float16"
+            arrays.append(ArrayPlan(f"{prefix}acts/{name}", (n, cfg.steps, p.height, p.width, p.channels), dtype))
+    arrays += [ArrayPlan(f"labels/{t}", (n, height, width), "float32") for t in TARGETS]
+    model_variants = [v for v in variants if v in ("ldm", "permuted")]
+    groups = len(model_variants) * len(recorded) * cfg.steps
+    shuffled = len(recorded) * cfg.steps if "shuffled" in variants else 0  # fit on the model's own slices
+    probes = (groups + shuffled) * len(TARGETS) + len(TARGETS)  # + the position-only baseline per target
+    plan = RunPlan(n_train, n - n_train, arrays, groups, probes, free_bytes=free_space(cfg.output))
+    if costs:
+        plan.hours = {
+            "generate": n * len(model_variants) * costs["generate_s_per_image"] / 3600,
+            "label": n * costs.get("label_s_per_image", 0.0) / 3600,
+            "probe": probes * costs.get("fit_s_per_probe", 0.0) / 3600,
+        }
+    return plan
+
+
+def free_space(output: str) -> int | None:
+    """Free bytes where a local output would go (its nearest existing parent); None for object stores."""
+    fs, path = fsspec.core.url_to_fs(output)
+    if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return None
+    path = Path(os.path.abspath(path))
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def human(nbytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if nbytes < 1000 or unit == "TB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1000
+    raise AssertionError
+
+
+def format_plan(cfg: RunConfig, plan: RunPlan) -> str:
+    lines = [f"run: {cfg.model}, {plan.n_train} train + {plan.n_test} test images, {cfg.steps} steps -> {cfg.output}", ""]
+    width = max(len(a.name) for a in plan.arrays)
+    lines += [f"  {a.name:<{width}}  {str(a.shape):<28} {a.dtype:<8} {human(a.nbytes):>10}" for a in plan.arrays]
+    lines += ["", f"store total: {human(plan.total_bytes)} (before compression)"]
+    lines += [f"probes: {plan.probes} in {plan.probe_groups} (variant, hook, step) groups"]
+    if plan.hours:
+        lines += ["device-hours: " + ", ".join(f"{k} {v:.2f}" for k, v in plan.hours.items())]
+    else:
+        lines += ["device-hours: unknown; measure costs with `python benchmarks/bench_generate.py --costs costs.json` "
+                  "on the target hardware and pass `--costs costs.json`"]
+    if plan.free_bytes is not None and plan.free_bytes < plan.total_bytes:
+        lines += [f"WARNING: {cfg.output} has {human(plan.free_bytes)} free, the run needs up to "
+                  f"{human(plan.total_bytes)}; point output at larger storage (e.g. s3://bucket/run)"]
+    return "\n".join(lines)
+
+
+def load_costs(path: str | None) -> dict | None:
+    return None if path is None else json.loads(Path(path).read_text())
