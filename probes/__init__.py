@@ -1,0 +1,62 @@
+"""Probe math and metrics on plain arrays (numpy / torch): no Ray, no diffusers, no other sceneprobe packages.
+
+Activations are `(image, h, w, c)` arrays (float16/float32, any array-like that slices along the first axis); labels
+`(image, H, W)` at image resolution. See docs/probes.md.
+"""
+
+from probes.baselines import (
+    PermutedImages,
+    derangement,
+    fit_control_probe,
+    position_map,
+    position_prediction,
+    selectivity,
+)
+from probes.chunks import NonFiniteError, channel_stats
+from probes.edits import closed_form_edit, optimise_edit, probe_loss, random_edit
+from probes.fit import fit_probe
+from probes.linear import LinearProbe, fit_logistic, fit_ridge, layer_targets, validation_split
+from probes.metrics import (
+    DepthScaler,
+    Estimate,
+    Scores,
+    bootstrap_ci,
+    depth_metrics,
+    dice_iou,
+    score_depth,
+    score_saliency,
+)
+from probes.paper import paper_loss, train_paper_probe
+from probes.resample import downsample_area, upsample_nearest
+
+__all__ = [
+    "DepthScaler",
+    "Estimate",
+    "LinearProbe",
+    "NonFiniteError",
+    "PermutedImages",
+    "Scores",
+    "bootstrap_ci",
+    "channel_stats",
+    "closed_form_edit",
+    "depth_metrics",
+    "derangement",
+    "dice_iou",
+    "downsample_area",
+    "fit_control_probe",
+    "fit_logistic",
+    "fit_probe",
+    "fit_ridge",
+    "layer_targets",
+    "optimise_edit",
+    "paper_loss",
+    "position_map",
+    "position_prediction",
+    "probe_loss",
+    "random_edit",
+    "score_depth",
+    "score_saliency",
+    "selectivity",
+    "train_paper_probe",
+    "upsample_nearest",
+]

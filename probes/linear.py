@@ -1,0 +1,351 @@
+"""Linear probes shared across positions: one weight per channel, applied at every pixel of a layer.
+
+Depth uses ridge regression, saliency logistic regression (targets may be fractions in [0, 1], as area-averaged masks
+are). Both fit on standardised channels and pick the L2 strength on a validation split of the *training* images
+(by image, seeded); the final probe is refit on all training images with the chosen strength. Everything streams over
+blocks of images, so memory is O(c^2 + a few blocks + cache_bytes) whatever the number of pixels:
+
+* ridge: one pass for channel stats, one pass for sufficient statistics (X^T X is c x c); every alpha is then solved
+  from an eigendecomposition and scored on the validation statistics exactly;
+* logistic: Newton/IRLS with a lagged Hessian, each iteration one pass accumulating the gradient (and, when the
+  quadratic model stops predicting well, the (c+1) x (c+1) Hessian) in float64 from float32 blocks; alphas are walked
+  strong-to-weak with warm starts, the validation loss accumulated in the same passes. Beyond `cache_bytes` the path
+  runs on a resident pixel sample of every training image and only the final fit streams (see fit_logistic).
+
+Objectives (x standardised, n pixels, bias unpenalised):
+  ridge:    mean_i (y_i - x_i.w - b)^2                       + alpha |w|^2
+  logistic: mean_i [softplus(z_i) - y_i z_i] + alpha |w|^2,   z_i = x_i.w + b
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from probes.chunks import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_CHUNK_BYTES,
+    StandardisedBlocks,
+    channel_stats,
+    check_finite,
+    iter_blocks,
+    sample_pixels,
+)
+from probes.resample import downsample_area
+
+Blocks = Iterable[tuple[np.ndarray, torch.Tensor]]  # (image indices, standardised x (pixels, c)), re-iterable
+Kind = Literal["saliency", "depth"]
+KINDS: tuple[str, ...] = ("saliency", "depth")
+METHODS: tuple[str, ...] = ("ridge", "logistic", "paper")
+RIDGE_ALPHAS: tuple[float, ...] = tuple(10.0 ** np.arange(-6, 3))
+LOGISTIC_ALPHAS: tuple[float, ...] = tuple(10.0 ** np.arange(-1, -7, -1))  # strong -> weak, for warm starts
+
+
+@dataclass
+class LinearProbe:
+    """A fitted probe. `weight`/`bias` act on standardised channels (a - mean) / scale; `raw_weight`/`raw_bias` are the
+    same map on raw activations: output = a . raw_weight + raw_bias (a logit for saliency, a value for depth)."""
+
+    kind: Kind
+    method: str
+    weight: np.ndarray  # (c,) float64
+    bias: float
+    mean: np.ndarray  # (c,)
+    scale: np.ndarray  # (c,)
+    alpha: float = 0.0
+    alpha_grid: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    val_losses: np.ndarray = field(default_factory=lambda: np.zeros(0))  # validation loss per alpha in alpha_grid
+
+    @property
+    def raw_weight(self) -> np.ndarray:
+        return self.weight / self.scale
+
+    @property
+    def raw_bias(self) -> float:
+        return float(self.bias - np.dot(self.mean / self.scale, self.weight))
+
+    def decision(self, acts: Any, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> np.ndarray:
+        """Logit (saliency) or value (depth) per pixel: `(image, h, w, c)` -> `(image, h, w)` float32, streamed."""
+        w = torch.from_numpy(self.raw_weight.astype(np.float32))
+        out = np.empty(tuple(acts.shape[:-1]), np.float32)
+        for idx, x in iter_blocks(acts, chunk_bytes=chunk_bytes):
+            out[idx] = (x @ w + self.raw_bias).numpy()
+        return out
+
+    def predict(self, acts: Any, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> np.ndarray:
+        """Foreground probability (saliency) or depth (depth) per pixel, `(image, h, w)` float32."""
+        z = self.decision(acts, chunk_bytes=chunk_bytes)
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32) if self.kind == "saliency" else z
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """Arrays only, for `safetensors.numpy.save_file`. Strings are stored as codes into KINDS / METHODS."""
+        return {
+            "weight": np.asarray(self.weight, np.float64),
+            "bias": np.asarray([self.bias], np.float64),
+            "mean": np.asarray(self.mean, np.float64),
+            "scale": np.asarray(self.scale, np.float64),
+            "alpha": np.asarray([self.alpha], np.float64),
+            "alpha_grid": np.asarray(self.alpha_grid, np.float64),
+            "val_losses": np.asarray(self.val_losses, np.float64),
+            "kind_code": np.asarray([KINDS.index(self.kind)], np.int64),
+            "method_code": np.asarray([METHODS.index(self.method)], np.int64),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, np.ndarray]) -> LinearProbe:
+        return cls(
+            kind=KINDS[int(d["kind_code"][0])],  # type: ignore[arg-type]
+            method=METHODS[int(d["method_code"][0])],
+            weight=np.asarray(d["weight"], np.float64),
+            bias=float(d["bias"][0]),
+            mean=np.asarray(d["mean"], np.float64),
+            scale=np.asarray(d["scale"], np.float64),
+            alpha=float(d["alpha"][0]),
+            alpha_grid=np.asarray(d["alpha_grid"], np.float64),
+            val_losses=np.asarray(d["val_losses"], np.float64),
+        )
+
+
+def validation_split(n_images: int, val_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
+    """Boolean mask over training images, True = held out for choosing alpha. Whole images, never pixels, so
+    neighbouring (correlated) pixels never straddle the split. At least one image on each side when n_images >= 2."""
+    if n_images < 2:
+        raise ValueError("need at least 2 training images to carve a validation split")
+    n_val = int(np.clip(round(val_fraction * n_images), 1, n_images - 1))
+    val = np.zeros(n_images, bool)
+    val[np.random.default_rng(seed).permutation(n_images)[:n_val]] = True
+    return val
+
+
+def layer_targets(labels: Any, h: int, w: int) -> np.ndarray:
+    """Labels `(image, H, W)` at image or layer resolution -> `(image, h, w)` float32 by area average, checked
+    finite (NonFiniteError otherwise)."""
+    y = downsample_area(labels, h, w)
+    check_finite(torch.from_numpy(y), "labels")
+    return y
+
+
+def _sums(blocks: StandardisedBlocks, y: np.ndarray, val: np.ndarray, c: int, device: str) -> tuple[dict, dict]:
+    """Sufficient statistics of standardised x and y for training (~val) and validation images, in one pass
+    (float32 GEMM per block, float64 across blocks). Totals come from the whole block and validation from its rows
+    only, training = totals - validation, so the larger share is never copied."""
+    shapes = (("xx", (c, c)), ("xy", (c,)), ("x", (c,)), ("y", ()), ("yy", ()), ("n", ()))
+    acc = [{k: torch.zeros(s, dtype=torch.float64, device=device) for k, s in shapes} for _ in range(2)]
+
+    def add(a: dict, x: torch.Tensor, t: torch.Tensor) -> None:
+        a["xx"] += (x.T @ x).double()
+        a["xy"] += (x.T @ t).double()
+        a["x"] += x.sum(0).double()
+        a["y"] += t.double().sum()
+        a["yy"] += (t.double() ** 2).sum()
+        a["n"] += x.shape[0]
+
+    for idx, x in blocks:
+        t = torch.from_numpy(y[idx].reshape(-1)).to(device)
+        add(acc[0], x, t)
+        in_val = torch.from_numpy(np.repeat(val[idx], x.shape[0] // len(idx))).to(device)
+        if bool(in_val.any()):
+            add(acc[1], x[in_val], t[in_val])
+    tr, va = ({k: v.cpu().numpy() for k, v in a.items()} for a in acc)
+    tr = {k: tr[k] - va[k] for k in tr}
+    return tr, va
+
+
+def _ridge_solutions(s: dict, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge weights (alpha, c) and biases (alpha,) for every alpha from one eigendecomposition of the covariance."""
+    n = s["n"]
+    mx, my = s["x"] / n, s["y"] / n
+    cov = s["xx"] / n - np.outer(mx, mx)
+    cxy = s["xy"] / n - mx * my
+    evals, evecs = np.linalg.eigh(cov)
+    proj = evecs.T @ cxy
+    ws = (proj[None, :] / (evals[None, :] + alphas[:, None])) @ evecs.T
+    return ws, my - ws @ mx
+
+
+def _mse(s: dict, ws: np.ndarray, bs: np.ndarray) -> np.ndarray:
+    """Mean squared error of each (w, b) on the pixels summarised by `s`, from sufficient statistics alone."""
+    n = s["n"]
+    quad = np.einsum("ac,cd,ad->a", ws, s["xx"], ws)
+    sse = s["yy"] - 2 * (ws @ s["xy"] + bs * s["y"]) + quad + 2 * bs * (ws @ s["x"]) + n * bs**2
+    return sse / n
+
+
+def fit_ridge(
+    acts: Any,
+    labels: Any,
+    *,
+    kind: Kind = "depth",
+    alphas: tuple[float, ...] = RIDGE_ALPHAS,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    device: str = "cpu",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> LinearProbe:
+    """Ridge probe on `(image, h, w, c)` activations for `(image, H, W)` labels (image or layer resolution).
+
+    Two streamed passes; alpha minimises validation MSE; the final fit pools train+validation statistics."""
+    n, h, w, _ = acts.shape
+    y = layer_targets(labels, h, w)
+    st = channel_stats(acts, chunk_bytes=chunk_bytes, device=device)
+    val = validation_split(n, val_fraction, seed)
+    blocks = StandardisedBlocks(acts, st, chunk_bytes=chunk_bytes, cache_bytes=0, device=device)  # a single pass
+    s_tr, s_va = _sums(blocks, y, val, acts.shape[-1], device)
+    grid = np.asarray(alphas, np.float64)
+    losses = _mse(s_va, *_ridge_solutions(s_tr, grid))
+    best = int(np.argmin(losses))
+    s_all = {k: s_tr[k] + s_va[k] for k in s_tr}  # = the block totals
+    ws, bs = _ridge_solutions(s_all, grid[best : best + 1])
+    return LinearProbe(kind=kind, method="ridge", weight=ws[0], bias=float(bs[0]), mean=st.mean, scale=st.scale,
+                       alpha=float(grid[best]), alpha_grid=grid, val_losses=losses)
+
+
+def _newton_pass(
+    blocks: Blocks, y: np.ndarray, train: np.ndarray, val: np.ndarray | None, theta: torch.Tensor,
+    alpha: float, with_hessian: bool,
+) -> tuple[float, torch.Tensor, torch.Tensor | None, float]:
+    """One pass at theta = [w, b]: penalised mean loss and gradient (c+1,) on `train` images, the data part of the
+    Hessian (c+1, c+1) if asked (the costly c x c GEMM), and the mean unpenalised loss on `val` images (nan if None).
+    Rows are masked by weights rather than copied, so a block is never duplicated except for the Hessian's."""
+    c, device = len(theta) - 1, theta.device
+    w32, b32 = theta[:c].float(), float(theta[c])
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    grad = torch.zeros(c + 1, dtype=torch.float64, device=device)
+    hess = torch.zeros(c + 1, c + 1, dtype=torch.float64, device=device) if with_hessian else None
+    vloss, n_tr, n_va = 0.0, 0, 0
+    for idx, x in blocks:
+        m = np.repeat(train[idx], x.shape[0] // len(idx))
+        if not m.any() and (val is None or not val[idx].any()):
+            continue
+        on = torch.from_numpy(m.astype(np.float32)).to(device)
+        t = torch.from_numpy(y[idx].reshape(-1)).to(device)
+        z = x @ w32 + b32
+        per = torch.nn.functional.softplus(z) - t * z
+        p = torch.sigmoid(z)
+        r = (p - t) * on
+        loss += (per * on).sum().double()
+        if val is not None:
+            vloss += float((per * (1 - on)).sum())
+            n_va += int((1 - on).sum())
+        grad[:c] += (x.T @ r).double()
+        grad[c] += r.sum().double()
+        n_tr += int(m.sum())
+        if hess is not None:
+            s = p * (1 - p) * on
+            xs = x * s.sqrt()[:, None]
+            hess[:c, :c] += (xs.T @ xs).double()
+            hess[:c, c] += (x.T @ s).double()
+            hess[c, c] += s.sum().double()
+    w = theta[:c]
+    loss = loss / n_tr + alpha * (w @ w)
+    grad = grad / n_tr
+    grad[:c] += 2 * alpha * w
+    if hess is not None:
+        hess[c, :c] = hess[:c, c]
+        hess = hess / n_tr
+    return float(loss), grad, hess, (vloss / n_va if n_va else float("nan"))
+
+
+def _newton(
+    blocks: Blocks, y: np.ndarray, train: np.ndarray, val: np.ndarray | None, theta: torch.Tensor,
+    alpha: float, max_iter: int, tol: float, hess_data: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """Newton with a lagged Hessian from `theta`; returns (theta, validation loss at theta, data Hessian).
+
+    The data Hessian (the expensive part) is reused while steps deliver within 25% of the decrease the quadratic
+    model predicted, and recomputed otherwise; a step that raises the loss is halved and retried. Stops when
+    the Newton decrement g.H^-1.g / 2 falls below `tol` (in loss units)."""
+    c = len(theta) - 1
+    ridge = torch.zeros(c + 1, dtype=theta.dtype, device=theta.device)
+    ridge[:c] = 2 * alpha
+    need_hess = hess_data is None
+    prev_loss, prev_theta, prev_dir, predicted, step = float("inf"), theta, None, 0.0, 1.0
+    vloss = float("nan")
+    for _ in range(max_iter):
+        loss, grad, h, vloss = _newton_pass(blocks, y, train, val, theta, alpha, need_hess)
+        if h is not None:
+            hess_data = h
+        if prev_dir is not None and loss > prev_loss:  # overshoot: back off along the previous direction
+            step *= 0.5
+            if step < 1e-3:
+                theta = prev_theta
+                break
+            theta, need_hess = prev_theta - step * prev_dir, True
+            continue
+        # the quadratic model is trusted while the decrease it predicted matches the actual one (ratio ~ 1); a ratio
+        # far from 1 either way (a stale Hessian over- or under-estimating curvature) triggers a fresh Hessian
+        need_hess = prev_dir is not None and abs((prev_loss - loss) / max(predicted, 1e-300) - 1) > 0.25
+        assert hess_data is not None
+        direction = torch.linalg.solve(hess_data + torch.diag(ridge + 1e-10), grad)
+        predicted = float(grad @ direction) / 2
+        if predicted < tol:
+            break
+        prev_loss, prev_theta, prev_dir, step = loss, theta, direction, 1.0
+        theta = theta - direction
+    assert hess_data is not None
+    return theta, vloss, hess_data
+
+
+def fit_logistic(
+    acts: Any,
+    labels: Any,
+    *,
+    kind: Kind = "saliency",
+    alphas: tuple[float, ...] = LOGISTIC_ALPHAS,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_iter: int = 30,
+    tol: float = 1e-6,
+    device: str = "cpu",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+) -> LinearProbe:
+    """Logistic probe (targets in [0, 1], fractions allowed) on `(image, h, w, c)` activations.
+
+    Alphas are tried in the given order (strong -> weak) with warm starts; the path stops early once validation loss
+    has risen twice in a row. The chosen alpha is refit on all training images, warm-started from its path solution.
+
+    Memory: if the float32 activations fit in `cache_bytes` everything stays resident and every pass is pure compute.
+    Otherwise the alpha path runs on a resident sample of pixels from *every* training image (as many per image as
+    `cache_bytes` allows, seeded), and only the final fit streams over all pixels, warm-started from the sample's
+    solution and Hessian, so a fit costs a handful of streamed passes instead of dozens."""
+    n, h, w, c = acts.shape
+    y = layer_targets(labels, h, w)
+    if y.min() < 0 or y.max() > 1:
+        raise ValueError("saliency targets must lie in [0, 1]")
+    st = channel_stats(acts, chunk_bytes=chunk_bytes, device=device)
+    rows = min(h * w, cache_bytes // (n * c * 4))
+    if rows == h * w:
+        blocks = path_blocks = StandardisedBlocks(acts, st, chunk_bytes=chunk_bytes, cache_bytes=cache_bytes,
+                                                  device=device)
+        y_path = y
+    else:
+        if rows < 1:
+            raise ValueError(f"cache_bytes={cache_bytes} is too small to sample one pixel per image")
+        blocks = StandardisedBlocks(acts, st, chunk_bytes=chunk_bytes, cache_bytes=0, device=device)
+        path_blocks, pix = sample_pixels(acts, st, rows, seed, chunk_bytes=chunk_bytes, device=device)
+        y_path = np.take_along_axis(y.reshape(n, -1), pix, axis=1)
+    val = validation_split(n, val_fraction, seed)
+    grid = np.asarray(alphas, np.float64)
+    theta = torch.zeros(c + 1, dtype=torch.float64, device=device)
+    prior = float(np.clip(y[~val].mean(), 1e-4, 1 - 1e-4))
+    theta[c] = np.log(prior / (1 - prior))  # start from the base rate: the first Newton steps are then well-behaved
+    losses = np.full(len(grid), np.nan)
+    thetas: list[torch.Tensor] = []
+    hess: torch.Tensor | None = None  # the data Hessian carries over between alphas: only the ridge term changes
+    for i, a in enumerate(grid):
+        theta, losses[i], hess = _newton(path_blocks, y_path, ~val, val, theta, float(a), max_iter, tol, hess)
+        thetas.append(theta)
+        if i >= 2 and losses[i] > losses[i - 1] > losses[i - 2]:
+            break
+    best = int(np.nanargmin(losses))
+    del path_blocks  # free the sample before streaming
+    everything = np.ones(n, bool)
+    theta, _, _ = _newton(blocks, y, everything, None, thetas[best], float(grid[best]), max_iter, tol, hess)
+    th = theta.cpu().numpy()
+    return LinearProbe(kind=kind, method="logistic", weight=th[:c], bias=float(th[c]), mean=st.mean, scale=st.scale,
+                       alpha=float(grid[best]), alpha_grid=grid, val_losses=losses)

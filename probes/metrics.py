@@ -1,0 +1,234 @@
+"""Per-image metrics, bootstrap intervals, and scoring of layer-resolution predictions at two resolutions.
+
+Every metric is computed per test image and summarised as the mean over images with a seeded 95% percentile-bootstrap
+interval (images resampled with replacement). Images where a metric is undefined (NaN: e.g. Spearman of a constant
+depth map) are excluded from that metric's mean and counted in `Estimate.n_undefined`, never silently averaged.
+
+Resolutions: "image" upsamples the `(image, h, w)` prediction (nearest) to the labels' `(H, W)`, as the paper does;
+"layer" area-averages the labels down to `(h, w)` instead (masks become fractions, binarised at 0.5 for Dice/IoU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from scipy.stats import rankdata
+
+from probes.chunks import NonFiniteError
+from probes.resample import downsample_area, upsample_nearest
+
+Resolution = Literal["image", "layer"]
+OnNonFinite = Literal["raise", "flag"]
+
+
+@dataclass
+class Estimate:
+    """Mean over images with a bootstrap interval [lo, hi]; n images used, n_undefined excluded as NaN."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+    n_undefined: int = 0
+
+
+@dataclass
+class Scores:
+    """`estimates["image/dice_fg"]` etc.; `per_image` holds the raw per-image arrays under the same keys; `flags`
+    counts images needing attention (n_nonfinite, n_empty_mask, n_constant_depth)."""
+
+    estimates: dict[str, Estimate]
+    per_image: dict[str, np.ndarray]
+    flags: dict[str, int] = field(default_factory=dict)
+
+
+def bootstrap_ci(values: Any, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Estimate:
+    """Mean of the finite `values` with a percentile-bootstrap interval; NaNs are excluded and counted."""
+    v = np.asarray(values, np.float64).ravel()
+    ok = np.isfinite(v)
+    v = v[ok]
+    n_bad = int((~ok).sum())
+    if len(v) == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0, n_bad)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return Estimate(float(v.mean()), float(lo), float(hi), len(v), n_bad)
+
+
+def dice_iou(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image Dice (foreground and background) and foreground IoU of boolean masks `(image, H, W)`.
+
+    When both masks are empty Dice and IoU are 1 (perfect agreement); an empty truth with a non-empty prediction gives
+    0. `empty_truth` marks images without foreground so callers can count or drop them."""
+    p = pred.reshape(len(pred), -1).astype(bool)
+    t = truth.reshape(len(truth), -1).astype(bool)
+
+    def dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        inter, total = (a & b).sum(1), a.sum(1) + b.sum(1)
+        return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
+
+    inter, union = (p & t).sum(1), (p | t).sum(1)
+    return {
+        "dice_fg": dice(p, t),
+        "dice_bg": dice(~p, ~t),
+        "iou": np.where(union > 0, inter / np.maximum(union, 1), 1.0),
+        "empty_truth": ~t.any(1),
+    }
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise Pearson correlation of (image, pixels) arrays; NaN where either row is constant."""
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a * b).sum(1) / den
+    return np.where(den > 1e-12 * a.shape[1], r, np.nan)
+
+
+def depth_metrics(pred: np.ndarray, truth: np.ndarray, mean_map: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image depth metrics for `(image, H, W)` predictions and truth in standardised units, `mean_map (H, W)`.
+
+    rmse: sqrt(mean (truth - pred)^2). pearson / spearman (Pearson of average ranks): NaN when either map is constant.
+    r2_beyond_position: 1 - sum (truth - pred)^2 / sum (truth - mean_map)^2, i.e. the R2 of the depth's deviation from
+    the training split's mean depth map (truth - m) explained by the prediction's deviation from it (pred - m), with no
+    refitting of scale or offset. The mean map itself scores exactly 0, the truth 1, anything worse than the mean map
+    is negative. NaN when truth equals the mean map everywhere."""
+    n = len(pred)
+    p = pred.reshape(n, -1).astype(np.float64)
+    t = truth.reshape(n, -1).astype(np.float64)
+    m = mean_map.reshape(1, -1).astype(np.float64)
+    sse = ((t - p) ** 2).sum(1)
+    sst = ((t - m) ** 2).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = np.where(sst > 0, 1 - sse / sst, np.nan)
+    constant = np.ptp(t, axis=1) == 0
+    return {
+        "rmse": np.sqrt(sse / t.shape[1]),
+        "pearson": _pearson_rows(p, t),
+        "spearman": _pearson_rows(rankdata(p, axis=1), rankdata(t, axis=1)),
+        "r2_beyond_position": r2,
+        "constant_truth": constant,
+    }
+
+
+def _nonfinite(pred: np.ndarray, on_nonfinite: OnNonFinite, first: int) -> np.ndarray:
+    bad = ~np.isfinite(pred.reshape(len(pred), -1)).all(1)
+    if bad.any() and on_nonfinite == "raise":
+        raise NonFiniteError("predictions", [first + int(i) for i in np.flatnonzero(bad)])
+    return bad
+
+
+def _summarise(per_image: dict[str, list[np.ndarray]], flags: dict[str, int], n_boot: int, seed: int) -> Scores:
+    arrays = {k: np.concatenate(v) for k, v in per_image.items()}
+    est = {k: bootstrap_ci(v, n_boot=n_boot, seed=seed) for k, v in arrays.items()}
+    return Scores(estimates=est, per_image=arrays, flags=flags)
+
+
+def _layer_and_image(pred: np.ndarray, truth: np.ndarray, res: Resolution) -> tuple[np.ndarray, np.ndarray]:
+    h, w = pred.shape[-2:]
+    H, W = truth.shape[-2:]
+    if res == "image":
+        return upsample_nearest(pred, H, W), np.asarray(truth, np.float32)
+    return pred, downsample_area(truth, h, w)
+
+
+def score_saliency(
+    prob: np.ndarray,
+    masks: Any,
+    *,
+    threshold: float = 0.5,
+    resolutions: tuple[Resolution, ...] = ("image", "layer"),
+    on_nonfinite: OnNonFinite = "raise",
+    n_boot: int = 2000,
+    seed: int = 0,
+    images_per_chunk: int = 16,
+) -> Scores:
+    """Score foreground probabilities `(image, h, w)` against masks `(image, H, W)` (values in [0, 1]).
+
+    Prediction foreground = prob > threshold (0.5 = the paper's argmax of two classes); truth foreground = mask > 0.5.
+    Keys: f"{res}/dice_fg", f"{res}/dice_bg", f"{res}/iou". Flags: n_nonfinite, n_empty_mask."""
+    per: dict[str, list[np.ndarray]] = {}
+    flags = {"n_nonfinite": 0, "n_empty_mask": 0}
+    for s in range(0, len(prob), images_per_chunk):
+        pr = np.asarray(prob[s : s + images_per_chunk], np.float32)
+        bad = _nonfinite(pr, on_nonfinite, s)
+        flags["n_nonfinite"] += int(bad.sum())
+        tr = np.asarray(masks[s : s + images_per_chunk], np.float32)
+        if not np.isfinite(tr).all():
+            raise NonFiniteError("masks", [s + int(i) for i in np.flatnonzero(~np.isfinite(tr).all((1, 2)))])
+        for res in resolutions:
+            p, t = _layer_and_image(pr, tr, res)
+            d = dice_iou(p > threshold, t > 0.5)
+            if res == resolutions[0]:
+                flags["n_empty_mask"] += int(d["empty_truth"].sum())
+            for k in ("dice_fg", "dice_bg", "iou"):
+                per.setdefault(f"{res}/{k}", []).append(np.where(bad, np.nan, d[k]))
+    return _summarise(per, flags, n_boot, seed)
+
+
+def score_depth(
+    pred: np.ndarray,
+    depth: Any,
+    mean_map: np.ndarray,
+    *,
+    resolutions: tuple[Resolution, ...] = ("image", "layer"),
+    on_nonfinite: OnNonFinite = "raise",
+    n_boot: int = 2000,
+    seed: int = 0,
+    images_per_chunk: int = 16,
+) -> Scores:
+    """Score depth predictions `(image, h, w)` against depth `(image, H, W)`, both standardised with the training
+    split's mean and std (`DepthScaler`); `mean_map (H, W)` is the training split's mean standardised depth map
+    (`baselines.position_map`), area-averaged to (h, w) for the layer resolution.
+    Keys: f"{res}/rmse", f"{res}/pearson", f"{res}/spearman", f"{res}/r2_beyond_position".
+    Flags: n_nonfinite, n_constant_depth (Spearman/Pearson undefined there, excluded and counted)."""
+    h, w = pred.shape[-2:]
+    maps = {"image": np.asarray(mean_map, np.float32),
+            "layer": downsample_area(np.asarray(mean_map, np.float32)[None], h, w)[0]}
+    per: dict[str, list[np.ndarray]] = {}
+    flags = {"n_nonfinite": 0, "n_constant_depth": 0}
+    for s in range(0, len(pred), images_per_chunk):
+        pr = np.asarray(pred[s : s + images_per_chunk], np.float32)
+        bad = _nonfinite(pr, on_nonfinite, s)
+        flags["n_nonfinite"] += int(bad.sum())
+        tr = np.asarray(depth[s : s + images_per_chunk], np.float32)
+        if not np.isfinite(tr).all():
+            raise NonFiniteError("depth", [s + int(i) for i in np.flatnonzero(~np.isfinite(tr).all((1, 2)))])
+        for res in resolutions:
+            p, t = _layer_and_image(np.where(bad[:, None, None], 0.0, pr), tr, res)
+            d = depth_metrics(p, t, maps[res])
+            if res == resolutions[0]:
+                flags["n_constant_depth"] += int(d["constant_truth"].sum())
+            for k in ("rmse", "pearson", "spearman", "r2_beyond_position"):
+                per.setdefault(f"{res}/{k}", []).append(np.where(bad, np.nan, d[k]))
+    return _summarise(per, flags, n_boot, seed)
+
+
+@dataclass
+class DepthScaler:
+    """Global depth standardisation with the training split's mean and std (scalars), as the paper standardises with
+    global constants; fit on training images only so test scores never see test statistics."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, depth: Any, *, images_per_chunk: int = 16) -> DepthScaler:
+        """Streaming float64 mean/std over all pixels of `(image, H, W)` training depth."""
+        n, s1, s2 = 0, 0.0, 0.0
+        for s in range(0, depth.shape[0], images_per_chunk):
+            d = np.asarray(depth[s : s + images_per_chunk], np.float64)
+            n, s1, s2 = n + d.size, s1 + d.sum(), s2 + (d * d).sum()
+        mean = s1 / n
+        return cls(mean=float(mean), std=float(np.sqrt(max(s2 / n - mean * mean, 0.0))) or 1.0)
+
+    def transform(self, depth: np.ndarray) -> np.ndarray:
+        return ((np.asarray(depth, np.float32) - self.mean) / self.std).astype(np.float32)
+
+    def inverse(self, z: np.ndarray) -> np.ndarray:
+        return (np.asarray(z, np.float32) * self.std + self.mean).astype(np.float32)

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+
+from probes.chunks import NonFiniteError
+from probes.metrics import DepthScaler, bootstrap_ci, depth_metrics, dice_iou, score_depth, score_saliency
+
+
+def test_dice_iou_of_known_masks():
+    truth = np.zeros((3, 4, 4), bool)
+    pred = np.zeros((3, 4, 4), bool)
+    truth[0, 0, :2] = True  # 2 pixels
+    pred[0, 0, 1:3] = True  # 2 pixels, 1 shared
+    pred[2, 3, 3] = True  # image 2: empty truth, one false positive; image 1: both empty
+    d = dice_iou(pred, truth)
+    np.testing.assert_allclose(d["dice_fg"], [0.5, 1.0, 0.0])
+    np.testing.assert_allclose(d["iou"], [1 / 3, 1.0, 0.0])
+    np.testing.assert_allclose(d["dice_bg"], [2 * 13 / 28, 1.0, 2 * 15 / 31])
+    np.testing.assert_array_equal(d["empty_truth"], [False, True, True])
+
+
+def test_depth_metrics_of_known_arrays():
+    t = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    mono = np.exp(t / 4)  # monotone, not linear
+    d = depth_metrics(mono, t, np.zeros((4, 4)))
+    assert d["spearman"][0] == pytest.approx(1.0)
+    assert 0.8 < d["pearson"][0] < 0.99
+    off = depth_metrics(t + 2, t, np.zeros((4, 4)))
+    assert off["rmse"][0] == pytest.approx(2.0)
+    assert off["pearson"][0] == pytest.approx(1.0)
+    neg = depth_metrics(-t, t, np.zeros((4, 4)))
+    assert neg["spearman"][0] == pytest.approx(-1.0)
+
+
+def test_r2_beyond_position_is_zero_for_mean_map_and_one_for_truth():
+    rng = np.random.default_rng(0)
+    m = rng.standard_normal((8, 8))
+    t = m + rng.standard_normal((5, 8, 8))
+    assert np.allclose(depth_metrics(np.broadcast_to(m, t.shape), t, m)["r2_beyond_position"], 0.0)
+    assert np.allclose(depth_metrics(t, t, m)["r2_beyond_position"], 1.0)
+    half = depth_metrics(m + 0.5 * (t - m), t, m)["r2_beyond_position"]
+    assert np.allclose(half, 0.75)  # residual (t-m)/2 leaves a quarter of the sum of squares
+    assert np.isnan(depth_metrics(t, np.broadcast_to(m, t.shape), m)["r2_beyond_position"]).all()
+
+
+def test_constant_depth_is_undefined_and_counted():
+    t = np.random.default_rng(1).standard_normal((4, 8, 8)).astype(np.float32)
+    t[1] = 0.3
+    pred = t + 0.1
+    sc = score_depth(pred, t, np.zeros((8, 8)), resolutions=("image",), n_boot=200)
+    assert np.isnan(sc.per_image["image/spearman"][1])
+    assert sc.flags["n_constant_depth"] == 1
+    e = sc.estimates["image/spearman"]
+    assert (e.n, e.n_undefined) == (3, 1)
+    assert np.isfinite(e.mean)
+
+
+def test_bootstrap_ci_contains_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(2)
+    small = bootstrap_ci(rng.normal(1, 1, 20), seed=0)
+    big = bootstrap_ci(rng.normal(1, 1, 2000), seed=0)
+    for e in (small, big):
+        assert e.lo < e.mean < e.hi
+    assert (big.hi - big.lo) < 0.4 * (small.hi - small.lo)
+    assert bootstrap_ci([1.0, 2.0, 3.0], seed=5) == bootstrap_ci([1.0, 2.0, 3.0], seed=5)
+    with_nan = bootstrap_ci([1.0, np.nan, 3.0])
+    assert (with_nan.mean, with_nan.n, with_nan.n_undefined) == (2.0, 2, 1)
+    assert np.isnan(bootstrap_ci([np.nan]).mean)
+
+
+def test_score_saliency_both_resolutions():
+    masks = np.zeros((2, 16, 16), np.float32)
+    masks[:, :8, :8] = 1  # the top-left quarter, aligned with the 4x4 layer grid
+    prob = np.zeros((2, 4, 4), np.float32)
+    prob[:, :2, :2] = 0.9
+    sc = score_saliency(prob, masks, n_boot=100)
+    for res in ("image", "layer"):
+        assert sc.estimates[f"{res}/dice_fg"].mean == pytest.approx(1.0)
+        assert sc.estimates[f"{res}/iou"].mean == pytest.approx(1.0)
+    prob[1, 0, 0] = 0.1  # drop a quarter of image 1's foreground
+    sc = score_saliency(prob, masks, n_boot=100)
+    assert sc.per_image["image/dice_fg"][1] == pytest.approx(2 * 48 / (48 + 64))
+    assert sc.flags == {"n_nonfinite": 0, "n_empty_mask": 0}
+
+
+def test_nonfinite_predictions_raise_or_are_flagged():
+    masks = np.ones((3, 8, 8), np.float32)
+    prob = np.full((3, 4, 4), 0.9, np.float32)
+    prob[1, 2, 2] = np.nan
+    with pytest.raises(NonFiniteError) as e:
+        score_saliency(prob, masks)
+    assert e.value.images == [1]
+    sc = score_saliency(prob, masks, on_nonfinite="flag", n_boot=50)
+    assert sc.flags["n_nonfinite"] == 1
+    assert sc.estimates["image/dice_fg"].n == 2 and sc.estimates["image/dice_fg"].n_undefined == 1
+    depth = np.random.default_rng(0).standard_normal((3, 8, 8)).astype(np.float32)
+    sd = score_depth(prob, depth, np.zeros((8, 8)), on_nonfinite="flag", n_boot=50)
+    assert sd.flags["n_nonfinite"] == 1 and np.isnan(sd.per_image["layer/rmse"][1])
+
+
+def test_depth_scaler_uses_given_split():
+    d = np.random.default_rng(0).normal(15.7, 9.3, (6, 8, 8))
+    sc = DepthScaler.fit(d, images_per_chunk=4)
+    assert sc.mean == pytest.approx(d.mean()) and sc.std == pytest.approx(d.std())
+    z = sc.transform(d)
+    assert abs(z.mean()) < 1e-5 and z.std() == pytest.approx(1.0, rel=1e-5)
+    np.testing.assert_allclose(sc.inverse(z), d, rtol=1e-5)
