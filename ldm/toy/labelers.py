@@ -1,0 +1,144 @@
+"""Toy labelers: small CNNs that stand in for MiDaS (depth) and TRACER (salient object) on toy-world images.
+
+Both are heads of one small U-Net (a shared trunk halves the CPU cost of training; channel 2, a mask of all
+objects, is an auxiliary target that helps the salient head), trained on renders with exact labels by
+`python -m ldm.toy.train_labelers` and stored as safetensors in ldm/toy/weights/. They run at 64 x 64 (other image sizes are resized in and out, as MiDaS does with its own
+working resolution).
+
+Depth convention (like MiDaS, relative inverse depth): the output is the inverse z-depth 1 / depth, standardised per
+image to mean 0 and standard deviation 1 over its pixels. Larger = nearer. It is defined only up to that per-image
+affine normalisation; compare it to labels with rank or scale-and-shift-invariant metrics.
+
+Saliency convention (like TRACER): the output is the per-pixel probability in [0, 1] that the pixel belongs to the
+salient object (the object with the largest visible area, docs/toy-world.md).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS = WEIGHTS_DIR / "toy_labelers.safetensors"
+DEPTH_WEIGHTS = SALIENCY_WEIGHTS = WEIGHTS  # the file each labeler loads (one shared network)
+# Output channels of the network.
+DEPTH_CHANNEL, SALIENT_CHANNEL, OBJECTS_CHANNEL = 0, 1, 2
+OUT_CHANNELS = 3
+REBUILD_COMMAND = "python -m ldm.toy.train_labelers"
+WORK_SIZE = 64  # the labelers' working resolution
+
+Labeler = Callable[[np.ndarray], np.ndarray]
+
+
+def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class ToyUNet(nn.Module):
+    """A small U-Net: (image, 3, 64, 64) in [0, 1] -> (image, out_channels, 64, 64) raw values / logits.
+
+    Three stride-2 stages (64 -> 32 -> 16 -> 8) give the bottleneck a view of the whole frame, which the salient
+    rule (largest object) needs; skip connections keep edges sharp.
+    """
+
+    def __init__(self, width: int = 12, out_channels: int = OUT_CHANNELS):
+        super().__init__()
+        w1, w2, w3, w4 = width, 2 * width, 4 * width, 6 * width
+        self.enc0 = _conv(3, w1)
+        self.enc1 = nn.Sequential(_conv(w1, w2, 2), _conv(w2, w2))
+        self.enc2 = nn.Sequential(_conv(w2, w3, 2), _conv(w3, w3))
+        self.enc3 = nn.Sequential(_conv(w3, w4, 2), _conv(w4, w4))
+        self.dec2 = _conv(w4 + w3, w3)
+        self.dec1 = _conv(w3 + w2, w2)
+        self.dec0 = _conv(w2 + w1, w1)
+        self.head = nn.Conv2d(w1, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e0 = self.enc0(x)
+        e1 = self.enc1(e0)
+        e2 = self.enc2(e1)
+        e3 = self.enc3(e2)
+        up = lambda t, ref: F.interpolate(t, size=ref.shape[-2:], mode="bilinear", align_corners=False)  # noqa: E731
+        d2 = self.dec2(torch.cat([up(e3, e2), e2], 1))
+        d1 = self.dec1(torch.cat([up(d2, e1), e1], 1))
+        d0 = self.dec0(torch.cat([up(d1, e0), e0], 1))
+        return self.head(d0)
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 `(image, h, w, 3)` -> float `(image, 3, 64, 64)` in [0, 1]."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 of shape (n, h, w, 3), got {images.dtype} {images.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    if x.shape[-2:] != (WORK_SIZE, WORK_SIZE):
+        x = F.interpolate(x, size=(WORK_SIZE, WORK_SIZE), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def standardise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-image zero mean, unit std over the last two axes of `(image, 1, h, w)`."""
+    mean = x.mean((-2, -1), keepdim=True)
+    return (x - mean) / (x.std((-2, -1), keepdim=True) + eps)
+
+
+def save_labeler(model: ToyUNet, path: Path, config: dict[str, object]) -> None:
+    """Save weights with `config` as one sorted-JSON metadata entry (several entries would be written in hash
+    order, so the file's bytes, and hence its digest, would change between identical trainings)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"config": json.dumps(config, sort_keys=True)})
+
+
+def load_network(path: Path) -> ToyUNet:
+    """The ToyUNet stored at `path`, in eval mode; a missing or unreadable file names itself and the rebuild command."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    hint = f"rebuild it with `{REBUILD_COMMAND}`"
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"toy labeler weights not found: {path}; {hint}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            config = json.loads((f.metadata() or {}).get("config", "{}"))
+        state = load_file(str(path))
+        model = ToyUNet(int(config.get("width", 12)), int(config.get("out_channels", OUT_CHANNELS)))
+        model.load_state_dict(state)
+    except Exception as err:  # corrupt or mismatched file: one clear message for every way it can fail
+        raise RuntimeError(f"toy labeler weights unreadable: {path} ({err}); {hint}") from err
+    return model.eval()
+
+
+def _wrap(model: ToyUNet, channel: int, post: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> Labeler:
+    def label(images: np.ndarray) -> np.ndarray:
+        """uint8 `(image, h, w, 3)` -> float32 `(image, h, w)`."""
+        h, w = np.asarray(images).shape[1:3]
+        x = images_to_tensor(images)
+        outs = []
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                y = post(model(x[i : i + batch_size])[:, channel : channel + 1])
+                if y.shape[-2:] != (h, w):
+                    y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+                outs.append(y[:, 0])
+        return torch.cat(outs).numpy().astype(np.float32)
+
+    return label
+
+
+def load_toy_depth_labeler(path: Path | str = WEIGHTS, batch_size: int = 64) -> Labeler:
+    """images uint8 `(image, h, w, 3)` -> relative inverse depth float32 `(image, h, w)`, standardised per image."""
+    return _wrap(load_network(Path(path)), DEPTH_CHANNEL, standardise, batch_size)
+
+
+def load_toy_saliency_labeler(path: Path | str = WEIGHTS, batch_size: int = 64) -> Labeler:
+    """images uint8 `(image, h, w, 3)` -> salient-object probability float32 `(image, h, w)` in [0, 1]."""
+    return _wrap(load_network(Path(path)), SALIENT_CHANNEL, torch.sigmoid, batch_size)
