@@ -83,3 +83,16 @@ def test_bad_images_are_rejected(tiny_dpt):
     labeler = load_depth_labeler("dpt", checkpoint=tiny_dpt)
     with pytest.raises(UserError, match="uint8 images"):
         labeler(IMAGES.astype(np.float32))
+
+
+def test_toy_labelers_through_the_common_interface():
+    from ldm.toy.render import render_batch
+
+    batch = render_batch(list(range(1_000_000, 1_000_008)))
+    saliency, depth = load_saliency_labeler("toy"), load_depth_labeler("toy")
+    prob = saliency(batch.rgb)
+    assert prob.shape == (8, 64, 64) and 0 <= prob.min() and prob.max() <= 1
+    assert saliency.version.startswith("toy@") and depth.target == "depth"
+    # nearer pixels (smaller z-depth) get larger relative inverse depth, as MiDaS reports it
+    inv = depth(batch.rgb)
+    assert np.corrcoef(inv.ravel(), -batch.depth.ravel())[0, 1] > 0.3
