@@ -63,6 +63,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_animate(args: argparse.Namespace) -> int:
+    """The moving-object animation: slide a test image's salient mask across the frame with edits (a GIF)."""
+    from workflows.animate import GIF, animate_run
+    from workflows.interventions import InterventionConfig
+
+    cfg = InterventionConfig(**({"saliency_steps": args.steps} if args.steps else {}),
+                             **({"saliency_hooks": args.hooks} if args.hooks else {}))
+    anim = animate_run(args.run, args.image, frames=args.frames, extent=args.extent, axis=args.axis,
+                       method=args.method, cfg=cfg, out=args.out, device=args.device)
+    print(f"{args.out or args.run.rstrip('/') + '/' + GIF}: image {anim.image} ({anim.prompt!r}, seed {anim.seed}), "
+          f"{len(anim.frames)} frames, {anim.method} edits")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sceneprobe", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
@@ -85,6 +99,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=15)
     demo.add_argument("--out", default="runs/demo")
     demo.set_defaults(func=cmd_demo)
+
+    animate = sub.add_parser("animate", help="the moving-object GIF: edits slide a test image's salient object")
+    animate.add_argument("run", help="a run's output location (generated, labelled and probed)")
+    animate.add_argument("--image", type=int, default=None, help="run image id of a test image (default: the first)")
+    animate.add_argument("--frames", type=int, default=12)
+    animate.add_argument("--extent", type=float, default=0.3, help="slide from -extent to +extent of the frame")
+    animate.add_argument("--axis", choices=("x", "y"), default="x")
+    animate.add_argument("--method", choices=("closed-form", "paper", "random"), default="closed-form")
+    animate.add_argument("--steps", type=lambda v: [int(s) for s in v.split(",")], default=None,
+                         help="edited steps, e.g. 0,1,2,3,4 (default: the paper's)")
+    animate.add_argument("--hooks", type=lambda v: v.split(","), default=None, help="edited hooks (default: up blocks)")
+    animate.add_argument("--out", default=None, help="GIF path (default: <run>/interventions/moving_object.gif)")
+    animate.add_argument("--device", default="auto")
+    animate.set_defaults(func=cmd_animate)
+
+    # run / generate / status: workflows.run (the same entry point as `python -m workflows.run` for `ray job submit`)
+    from workflows.run import STAGES, add_arguments, run_command, status_command
+
+    run = sub.add_parser("run", help="run every stage of a config (resumable with --resume)")
+    add_arguments(run)
+    run.set_defaults(func=lambda a: run_command(a, STAGES))
+    generate = sub.add_parser("generate", help="generate images and activations into the run's store (Ray)")
+    add_arguments(generate)
+    generate.set_defaults(func=lambda a: run_command(a, ("generate",)))
+    status = sub.add_parser("status", help="show a run's shard states")
+    status.add_argument("run", help="a run's output location, or its config file")
+    status.set_defaults(func=status_command)
     return parser
 
 

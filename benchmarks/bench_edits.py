@@ -1,0 +1,158 @@
+"""Closed-form against paper-mode (Adam) edits on the same images and targets: time per edit and success.
+
+Usage:  .venv/bin/python benchmarks/bench_edits.py                          (toy model and toy labelers)
+        .venv/bin/python benchmarks/bench_edits.py --model PATH --labeler simple --steps 4 --train 16 --test 3
+                                                                             (any diffusers folder, e.g. a tiny one)
+
+1. Generates `--train` toy-world prompts with activation capture at the edited (hook, step) pairs, labels them with the
+   saliency labeler, and fits a saliency probe per (hook, step) (`probes.fit.fit_probe`).
+2. Generates `--test` held-out images, labels them, and draws `--targets` translated masks per image
+   (`workflows.targets`, the paper's ranges, seed 0).
+3. For each method, renders every (image, target) with edits at the paper's saliency layers and steps (up blocks,
+   steps 0-4), re-labels the results and scores Dice(new mask, target) against Dice(original mask, target).
+
+Prints, per method: seconds per edit inside the edit functions (what the methods differ in) and for the whole edited
+generation, mean Dice before/after with the gain's 95% bootstrap interval over images, and the fraction of edits that
+moved towards the target; then the speed-up of closed-form over paper. `--json PATH` also writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ldm.capture import ArraySink, capture  # noqa: E402
+from ldm.labelers import Labeler  # noqa: E402
+from ldm.loading import load_model  # noqa: E402
+from ldm.toy.render import render_batch  # noqa: E402
+from probes.fit import fit_probe  # noqa: E402
+from probes.metrics import bootstrap_ci  # noqa: E402
+from workflows.edit_generation import EditStats, run_edits, score  # noqa: E402
+from workflows.interventions import default_hooks  # noqa: E402
+from workflows.targets import TargetSpec, draw_translations, make_targets  # noqa: E402
+
+
+def simple_labeler() -> Labeler:
+    """For random-weight pipelines: brighter than the image's median counts as salient."""
+
+    def label(images: np.ndarray) -> np.ndarray:
+        gray = images.astype(np.float32).mean(-1)
+        return (gray > np.median(gray, axis=(1, 2), keepdims=True)).astype(np.float32)
+
+    return Labeler("simple-saliency", "v1", "saliency", label)
+
+
+def generate_batched(model, prompts: list[str], seeds: list[int], batch: int, hooks=None, steps=None):
+    """Images `(image, H, W, 3)`, and with `hooks` the captured activations {hook: (image, step, h, w, c)}."""
+    images, parts = [], []
+    for i in range(0, len(prompts), batch):
+        if hooks is None:
+            images.append(model.generate(prompts[i:i + batch], seeds[i:i + batch]))
+            continue
+        sink = ArraySink()  # one per batch: an ArraySink keeps one array per (hook, step)
+        with capture(model, sink, hooks=hooks, extras=(), steps=steps):
+            images.append(model.generate(prompts[i:i + batch], seeds[i:i + batch]))
+        parts.append(sink.arrays)
+    acts = {h: np.concatenate([p[h] for p in parts]) for h in (hooks or [])}
+    return np.concatenate(images), acts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="toy", help='"toy" or a diffusers pipeline folder')
+    p.add_argument("--labeler", choices=("toy", "simple"), default="toy")
+    p.add_argument("--steps", type=int, default=15, help="denoising steps")
+    p.add_argument("--edit-steps", default="0,1,2,3,4", help="edited steps (the paper's saliency default)")
+    p.add_argument("--hooks", default=None, help="edited hooks, comma-separated (default: the up blocks)")
+    p.add_argument("--train", type=int, default=64, help="images to fit the probes on")
+    p.add_argument("--test", type=int, default=8, help="held-out images to edit")
+    p.add_argument("--targets", type=int, default=5, help="targets per test image")
+    p.add_argument("--iters", type=int, default=128, help="Adam iterations of the paper's edit")
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--methods", default="closed-form,paper,random", help="any of closed-form, paper, random")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model = load_model(args.model, steps=args.steps, device=args.device)
+    unet = [h.name for h in model.hook_points if h.kind == "unet"]
+    hooks = args.hooks.split(",") if args.hooks else default_hooks("saliency", unet)
+    edit_steps = [int(s) for s in args.edit_steps.split(",")]
+    if args.labeler == "toy":
+        from ldm.labelers import load_saliency_labeler
+
+        labeler = load_saliency_labeler("toy", device=str(model.device))
+    else:
+        labeler = simple_labeler()
+    H, W = model.image_size
+    print(f"model {args.model} ({H}x{W}, {args.steps} steps, {model.device}); edits at {len(hooks)} hooks x steps "
+          f"{edit_steps}; {args.train} train / {args.test} test images x {args.targets} targets", flush=True)
+
+    # 1. Probes on the training images.
+    t0 = time.perf_counter()
+    train_seeds = list(range(args.train))
+    train_images, acts = generate_batched(model, render_batch(train_seeds).captions, train_seeds, args.batch, hooks,
+                                          edit_steps)  # acts: hook -> (image, step, h, w, c), steps as edit_steps
+    masks = (labeler(train_images) > 0.5).astype(np.float32)
+    probes = {(h, s): fit_probe(acts[h][:, k], masks, "saliency") for h in hooks for k, s in enumerate(edit_steps)}
+    print(f"probes fit in {time.perf_counter() - t0:.1f}s", flush=True)
+
+    # 2. Held-out images, their masks and targets.
+    test_seeds = list(range(1_000_000, 1_000_000 + args.test))
+    prompts = render_batch(test_seeds).captions
+    originals = (labeler(generate_batched(model, prompts, test_seeds, args.batch)[0]) > 0.5).astype(np.float32)
+    moves = draw_translations(test_seeds, TargetSpec(count=args.targets), (H, W))
+
+    # 3. Every method on the same images and targets.
+    results = {}
+    for method in args.methods.split(","):
+        gains, after, before, success, edit_s, total_s = [], [], [], [], 0.0, 0.0
+        for i, (prompt, seed) in enumerate(zip(prompts, test_seeds)):
+            targets = make_targets(originals[i], moves[i], "saliency")
+            stats = EditStats(norm=np.zeros(len(targets)))
+            start = time.perf_counter()
+            images = run_edits(model, probes, method, targets, prompt, seed, "saliency", hooks=hooks,
+                               steps=edit_steps, lr=args.lr, iters=args.iters, stats=stats, image=i)
+            total_s += time.perf_counter() - start
+            edit_s += stats.seconds
+            s = score("saliency", labeler(images), originals[i], targets)
+            gains.append(s["gain"].mean())
+            after.append(s["score_after"].mean())
+            before.append(s["score_before"].mean())
+            success.append((s["gain"] > 0).mean())
+        n = args.test * args.targets
+        gain = bootstrap_ci(gains)
+        results[method] = {"edits": n, "edit_seconds_per_edit": edit_s / n, "seconds_per_edit": total_s / n,
+                           "dice_before": float(np.mean(before)), "dice_after": float(np.mean(after)),
+                           "gain": gain.mean, "gain_lo": gain.lo, "gain_hi": gain.hi,
+                           "success": float(np.mean(success))}
+        r = results[method]
+        print(f"{method:11s} {n} edits: {r['edit_seconds_per_edit'] * 1e3:9.1f} ms/edit in edits, "
+              f"{r['seconds_per_edit']:7.3f} s/edit in total; Dice {r['dice_before']:.3f} -> {r['dice_after']:.3f} "
+              f"(gain {r['gain']:+.3f} [{r['gain_lo']:+.3f}, {r['gain_hi']:+.3f}]), success {r['success']:.2f}",
+              flush=True)
+    if "closed-form" in results and "paper" in results:
+        cf, pa = results["closed-form"], results["paper"]
+        results["speedup_edit"] = pa["edit_seconds_per_edit"] / max(cf["edit_seconds_per_edit"], 1e-12)
+        results["speedup_total"] = pa["seconds_per_edit"] / max(cf["seconds_per_edit"], 1e-12)
+        print(f"closed-form vs paper: {results['speedup_edit']:.0f}x faster in the edits, "
+              f"{results['speedup_total']:.1f}x per edited image; gain {cf['gain']:+.3f} vs {pa['gain']:+.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""The run report: `<output>/report/index.html`, a static page with its images beside it in `report/assets/`.
+
+    python -m workflows.report runs/toy [--examples 4] [--out DIR]
+
+It shows whatever stages have run; a section whose inputs are missing says which command produces them. Figures are
+inline SVG (`workflows.figures`), pictures are PNG files, so the page opens from disk in any browser without a server.
+What each figure means: docs/report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ldm.errors import UserError
+from probes.resample import upsample_nearest
+from workflows.figures import PALETTE, Series, depth_image, heatmap_svg, line_chart_svg, mask_image, png_bytes
+from workflows.store import read_file, stored_config
+
+PRIMARY = {"saliency": ("dice", "higher", "Dice"), "depth": ("rmse", "lower", "RMSE (standardised)")}
+VARIANTS = ("ldm", "permuted", "shuffled")
+VARIANT_NAMES = {"ldm": "LDM", "permuted": "permuted-weights control", "shuffled": "shuffled-label control"}
+COMMANDS = {  # what produces each input (the same names as the other stages' error messages)
+    "generate": "sceneprobe run CONFIG",
+    "labels": "sceneprobe label CONFIG",
+    "probes": "sceneprobe probe CONFIG",
+    "interventions": "sceneprobe intervene CONFIG",
+    "animate": "sceneprobe animate RUN",
+}
+METHOD_ORDER = ("closed-form", "paper", "random")
+CSS = """body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
+h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}figure{display:inline-block;margin:.3em;
+vertical-align:top;text-align:center}figcaption{font-size:11px;max-width:220px}table{border-collapse:collapse;
+font-size:12px;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}
+.missing{background:#fff6e0;border:1px solid #e0c070;padding:.5em 1em}.row{display:flex;flex-wrap:wrap;
+align-items:flex-start}code{background:#f3f3f3;padding:0 3px}"""
+
+
+@dataclass
+class Page:
+    """What sections add to: HTML parts, and the PNG files written into `assets/`."""
+
+    output: str
+    out_dir: Path
+    parts: list[str] = field(default_factory=list)
+    n_images: int = 0
+
+    def img(self, name: str, image: np.ndarray, caption: str = "", min_side: int = 128) -> str:
+        """Write `image` `(H, W[, 3])` as assets/<name>.png; return a <figure> showing it."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        (self.out_dir / "assets").mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "assets" / f"{safe}.png").write_bytes(png_bytes(image, min_side))
+        self.n_images += 1
+        return (f'<figure><img src="assets/{safe}.png" alt="{html.escape(caption or name)}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    def missing(self, what: str, stage: str) -> None:
+        self.parts.append(f'<p class="missing">{html.escape(what)} Produce it with <code>'
+                          f"{html.escape(COMMANDS[stage])}</code>.</p>")
+
+
+def read_table(output: str, relpath: str) -> list[dict] | None:
+    data = read_file(output, relpath)
+    return None if data is None else pq.read_table(pa.BufferReader(data)).to_pylist()
+
+
+def hook_order(name: str) -> tuple:
+    """down < mid < up, then by block and index (the U-Net's forward order)."""
+    section = {"down": 0, "mid": 1, "up": 2}.get(name.split("_")[0], 3)
+    return (section, [int(n) for n in re.findall(r"\d+", name)], name)
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def html_table(rows: list[dict], columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+# ---------------------------------------------------------------- sections
+
+
+def overview(page: Page, cfg: dict | None, probes: list[dict] | None, inter: list[dict] | None) -> None:
+    page.parts.append("<h2>Run</h2>")
+    if cfg is None:
+        page.missing(f"No generated run at {page.output} (no config.yaml).", "generate")
+        return
+    from workflows.store import read_manifest
+
+    manifest = read_manifest(page.output).to_pylist()
+    done = sum(r["status"] == "complete" for r in manifest)
+    tests = sum(r["split"] == "test" for r in manifest)
+    facts = {"model": cfg.get("model"), "scheduler": cfg.get("scheduler"), "steps": cfg.get("steps"),
+             "guidance scale": cfg.get("guidance_scale"), "images": f"{done} of {len(manifest)} generated",
+             "split": f"{len(manifest) - tests} train, {tests} test",
+             "probes": "fitted" if probes else "not yet", "interventions": "done" if inter else "not yet"}
+    page.parts.append(html_table([facts], list(facts)))
+
+
+def grid_of(rows: list[dict], target: str, variant: str, metric: str) -> tuple[np.ndarray, list[str], list[int], str]:
+    """`(hook, step)` values, hooks in forward order, steps, and the mode, for one target and variant."""
+    sel = [r for r in rows if r["target"] == target and r["variant"] == variant and r["step"] >= 0]
+    hooks = sorted({r["hook"] for r in sel}, key=hook_order)
+    steps = sorted({r["step"] for r in sel})
+    values = np.full((len(hooks), len(steps)), np.nan)
+    for r in sel:
+        if r.get(metric) is not None:
+            values[hooks.index(r["hook"]), steps.index(r["step"])] = r[metric]
+    return values, hooks, steps, (sel[0]["mode"] if sel else "")
+
+
+def probe_heatmaps(page: Page, rows: list[dict] | None) -> None:
+    page.parts.append("<h2>Probe accuracy by layer and step</h2>")
+    if not rows:
+        page.missing("No probe metrics (probes/metrics.parquet).", "probes")
+        return
+    for target, (metric, better, label) in PRIMARY.items():
+        if not any(r["target"] == target for r in rows):
+            continue
+        figures = []
+        values_all = [grid_of(rows, target, v, metric)[0] for v in VARIANTS]
+        finite = np.concatenate([v[np.isfinite(v)] for v in values_all])
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        for variant, values in zip(VARIANTS, values_all):
+            _, hooks, steps, mode = grid_of(rows, target, variant, metric)
+            if hooks:
+                title = f"{target} {label}: {VARIANT_NAMES[variant]} ({mode})"
+                figures.append(heatmap_svg(values, hooks, steps, title=title, vmin=lo, vmax=hi, better=better))
+        position = [r for r in rows if r["target"] == target and r["variant"] == "position"]
+        note = (f" Position-only baseline (mean training label map): {label} {fmt(position[0].get(metric))}."
+                if position else "")
+        page.parts.append(f'<h3>{target}</h3><p>Test-split {label} of each probe; brighter is better, one colour scale '
+                          f"for all variants.{html.escape(note)}</p><div class='row'>{''.join(figures)}</div>")
+
+
+def best_hook(rows: list[dict], target: str, metric: str, better: str) -> str | None:
+    """The LDM hook with the best metric averaged over steps (for display; every hook is in the heatmaps)."""
+    values, hooks, _, _ = grid_of(rows, target, "ldm", metric)
+    if not hooks:
+        return None
+    ok = np.isfinite(values)
+    worst = np.inf if better == "lower" else -np.inf
+    means = np.where(ok.any(1), np.where(ok, values, 0).sum(1) / np.maximum(ok.sum(1), 1), worst)
+    return hooks[int(np.argmin(means) if better == "lower" else np.argmax(means))]
+
+
+def probe_curves(page: Page, rows: list[dict] | None) -> None:
+    page.parts.append("<h2>Probe accuracy over denoising steps</h2>")
+    if not rows:
+        page.missing("No probe metrics (probes/metrics.parquet).", "probes")
+        return
+    for target, (metric, better, label) in PRIMARY.items():
+        hook = best_hook(rows, target, metric, better)
+        if hook is None:
+            continue
+        series = []
+        for k, variant in enumerate(VARIANTS):
+            sel = sorted((r for r in rows if r["target"] == target and r["variant"] == variant and r["hook"] == hook),
+                         key=lambda r: r["step"])
+            if sel:
+                def get(key: str, sel: list[dict] = sel) -> np.ndarray:
+                    return np.array([np.nan if r.get(key) is None else r[key] for r in sel], float)
+
+                series.append(Series(VARIANT_NAMES[variant].split(" ")[0], get("step"), get(metric),
+                                     get(f"{metric}_lo"), get(f"{metric}_hi"), PALETTE[k]))
+        position = [r for r in rows if r["target"] == target and r["variant"] == "position"]
+        if position and series and position[0].get(metric) is not None:
+            steps = series[0].x
+            series.append(Series("position", steps, np.full(len(steps), position[0][metric]), color="#7f7f7f",
+                                 dashed=True))
+        by_hook = []
+        values, hooks, steps, _ = grid_of(rows, target, "ldm", metric)
+        for i, h in enumerate(hooks):
+            by_hook.append(Series(h, np.array(steps, float), values[i]))
+        page.parts.append(
+            f"<h3>{target}</h3><p>Left: {label} at <code>{hook}</code> (the LDM layer best on average over steps) "
+            "with 95% bootstrap intervals over test images, against the controls. Right: every LDM layer.</p>"
+            "<div class='row'>"
+            + line_chart_svg(series, title=f"{target} at {hook}", xlabel="denoising step", ylabel=label)
+            + line_chart_svg(by_hook, title=f"{target}: every layer", xlabel="denoising step", ylabel=label,
+                             width=520) + "</div>")
+
+
+def _grid_data(output: str, targets: tuple[str, ...]):
+    """Test images and their labels in the probes' units, or None when labels are missing."""
+    from workflows.grid import prepare_grid_data
+
+    try:
+        return prepare_grid_data(output, targets=targets, n_boot=1)
+    except (UserError, FileNotFoundError, KeyError):
+        return None
+
+
+def _label_picture(target: str, values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return mask_image(values) if target == "saliency" else depth_image(values, lo, hi)
+
+
+def predictions(page: Page, rows: list[dict] | None, cfg: dict | None, examples: int) -> None:
+    page.parts.append("<h2>Probe predictions beside labels</h2>")
+    if not rows or cfg is None:
+        page.missing("Needs a generated run with fitted probes.", "probes" if cfg else "generate")
+        return
+    from workflows.grid import load_probe
+    from workflows.store import open_store
+
+    targets = tuple(t for t in PRIMARY if any(r["target"] == t for r in rows))
+    data = _grid_data(page.output, targets)
+    if data is None:
+        page.missing("No labels for the test images.", "labels")
+        return
+    store = open_store(page.output)
+    for target in targets:
+        metric, better, _ = PRIMARY[target]
+        hook = best_hook(rows, target, metric, better)
+        steps = sorted({r["step"] for r in rows
+                        if r["target"] == target and r["variant"] == "ldm" and r["hook"] == hook})
+        if hook is None or not steps or f"acts/{hook}/act" not in store:
+            continue
+        picks = sorted({steps[0], steps[len(steps) // 2], steps[-1]})
+        try:
+            probes = {s: load_probe(page.output, "ldm", target, hook, s) for s in picks}
+        except UserError as err:  # e.g. a probe whose fit failed: show the rest of the report
+            page.parts.append(f"<p class='missing'>{html.escape(str(err))}</p>")
+            continue
+        labels = data.labels[target][1]
+        lo, hi = (np.percentile(labels, [2, 98]) if target == "depth" else (0.0, 1.0))
+        lines = []
+        for k, image in enumerate(data.test[:examples]):
+            cells = [page.img(f"pred_{target}_{image}_image", store["images"][int(image)], f"image {image}"),
+                     page.img(f"pred_{target}_{image}_label", _label_picture(target, labels[k], lo, hi), "label")]
+            for s in picks:
+                act = np.asarray(store[f"acts/{hook}/act"][int(image), s], np.float32)[None]
+                pred = upsample_nearest(probes[s].predict(act), *labels.shape[1:])[0]
+                cells.append(page.img(f"pred_{target}_{image}_s{s}", _label_picture(target, pred, lo, hi),
+                                      f"probe, step {s}"))
+            lines.append(f"<div class='row'>{''.join(cells)}</div>")
+        page.parts.append(f"<h3>{target} at <code>{hook}</code></h3><p>Test images; the probe's prediction (upsampled "
+                          f"nearest from {store[f'acts/{hook}/act'].shape[2]}x{store[f'acts/{hook}/act'].shape[3]}) at "
+                          f"an early, a middle and the last probed step.</p>" + "".join(lines))
+
+
+def interventions(page: Page, cfg: dict | None, examples: int) -> tuple[list[dict] | None, list[dict] | None]:
+    page.parts.append("<h2>Interventions</h2>")
+    rows = read_table(page.output, "interventions/metrics.parquet")
+    summary = read_table(page.output, "interventions/summary.parquet")
+    if not rows or cfg is None:
+        page.missing("No interventions (interventions/metrics.parquet).", "interventions")
+        return rows, summary
+    from workflows.interventions import images_path
+    from workflows.store import open_store
+    from workflows.targets import make_targets
+
+    page.parts.append("<p>Mean over test images (each image's targets averaged first) with 95% bootstrap intervals. "
+                      "Saliency: Dice with the target mask, before (the unedited image) and after the edit; depth: "
+                      "RMSE to the shifted depth map. Gain is the improvement towards the target.</p>")
+    page.parts.append(html_table(summary or [], ["task", "method", "metric", "n_images", "n_edits", "score_before",
+                                                 "score_after", "gain", "gain_lo", "gain_hi", "success",
+                                                 "edit_norm", "edit_seconds"]))
+    store = open_store(page.output)
+    tasks = [t for t in PRIMARY if any(r["task"] == t for r in rows)]
+    data = _grid_data(page.output, tuple(tasks))
+    for task in tasks:
+        methods = [m for m in METHOD_ORDER if any(r["task"] == task and r["method"] == m for r in rows)]
+        images = sorted({r["image"] for r in rows if r["task"] == task})[:examples]
+        lines = []
+        for image in images:
+            first = {r["method"]: r for r in rows
+                     if r["task"] == task and r["image"] == image and r["target_index"] == 0}
+            cells = [page.img(f"iv_{task}_{image}_original", store["images"][image], f"original {image}")]
+            if data is not None and image in set(data.test.tolist()):
+                label = data.labels[task][1][list(data.test).index(image)]
+                r0 = next(iter(first.values()))
+                target = make_targets(label, np.array([[r0["tx"], r0["ty"]]]), task)[0]
+                lo, hi = np.percentile(label, [2, 98]) if task == "depth" else (0.0, 1.0)
+                cells.append(page.img(f"iv_{task}_{image}_target", _label_picture(task, target, lo, hi),
+                                      f"target (tx {r0['tx']}, ty {r0['ty']})"))
+            for m in methods:
+                if m in first and images_path(task, m) in store:
+                    r = first[m]
+                    cells.append(page.img(f"iv_{task}_{image}_{m}", store[images_path(task, m)][image, 0],
+                                          f"{m}: {r['metric']} {r['score_before']:.2f} -> {r['score_after']:.2f}"))
+            lines.append(f"<div class='row'>{''.join(cells)}</div>")
+        page.parts.append(f"<h3>{task}</h3><p>Original image, the target, and the edited result per method "
+                          "(first target of each image).</p>" + "".join(lines))
+    return rows, summary
+
+
+def animation(page: Page) -> None:
+    page.parts.append("<h2>Moving object</h2>")
+    gif = read_file(page.output, "interventions/moving_object.gif")
+    if gif is None:
+        page.missing("No moving-object animation.", "animate")
+        return
+    (page.out_dir / "assets").mkdir(parents=True, exist_ok=True)
+    (page.out_dir / "assets" / "moving_object.gif").write_bytes(gif)
+    page.n_images += 1
+    page.parts.append("<p>One prompt and seed; each frame edits the generation so the saliency probes read the mask "
+                      "on the left, slid across the frame.</p><figure><img src='assets/moving_object.gif' "
+                      "alt='moving object'></figure>")
+
+
+def tables(page: Page, rows: list[dict] | None) -> None:
+    page.parts.append("<h2>Tables</h2>")
+    if not rows:
+        page.missing("No probe metrics.", "probes")
+        return
+    best = []
+    for target, (metric, better, _) in PRIMARY.items():
+        for variant in (*VARIANTS, "position"):
+            sel = [r for r in rows if r["target"] == target and r["variant"] == variant and r.get(metric) is not None
+                   and np.isfinite(r[metric])]
+            if sel:
+                r = (min if better == "lower" else max)(sel, key=lambda r: r[metric])
+                best.append({"target": target, "variant": variant, "hook": r["hook"], "step": r["step"],
+                             "metric": metric, "value": r[metric], "lo": r[f"{metric}_lo"], "hi": r[f"{metric}_hi"],
+                             "n_test": r.get("n_test")})
+    page.parts.append("<p>Best probe per target and variant (test split; chosen on the test metric, so optimistic: "
+                      "for comparison between variants only). Every probe: <code>probes/metrics.parquet</code>; every "
+                      "edit: <code>interventions/metrics.parquet</code>.</p>")
+    page.parts.append(html_table(best, ["target", "variant", "hook", "step", "metric", "value", "lo", "hi", "n_test"]))
+
+
+def build_report(output: str, examples: int = 4, out: str | None = None) -> Path:
+    """Write the report for the run at `output` (a local path, or any fsspec URL with a local `out`)."""
+    if out is None and "://" in output:
+        raise UserError(f"{output} is not a local folder; give a local --out folder for the report")
+    page = Page(output, Path(out or os.path.join(output, "report")))
+    page.out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = stored_config(output)
+    probes = read_table(output, "probes/metrics.parquet")
+    inter = read_table(output, "interventions/summary.parquet")
+    overview(page, cfg, probes, inter)
+    probe_heatmaps(page, probes)
+    probe_curves(page, probes)
+    predictions(page, probes, cfg, examples)
+    interventions(page, cfg, examples)
+    animation(page)
+    tables(page, probes)
+    title = f"sceneprobe report: {html.escape(str((cfg or {}).get('model', output)))}"
+    doc = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style>"
+           f"</head><body><h1>{title}</h1><p>Run output: <code>{html.escape(output)}</code>. What each figure means: "
+           f"docs/report.md in the sceneprobe repository.</p>{''.join(page.parts)}</body></html>")
+    path = page.out_dir / "index.html"
+    path.write_text(doc, encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workflows.report", description="Write a run's HTML report.")
+    parser.add_argument("run", help="the run's output location")
+    parser.add_argument("--examples", type=int, default=4, help="test images shown per figure")
+    parser.add_argument("--out", default=None, help="report folder (default: <run>/report)")
+    args = parser.parse_args(argv)
+    try:
+        path = build_report(args.run, args.examples, args.out)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
