@@ -1,0 +1,128 @@
+"""Ray beyond one process: a simulated multi-node GPU cluster, `ray job submit` to a real local head, cluster.yaml."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+import zarr
+
+from workflows.config import PromptsConfig, RunConfig
+from workflows.run import generate
+from workflows.store import completion_records, read_manifest
+
+ray = pytest.importorskip("ray")
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def test_cluster_yaml_validates_against_rays_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    jsonschema.validate(config, schema)
+    validate_config(prepare_config(config))  # also what `ray up` checks after filling in the provider's defaults
+    workers = [t for name, t in config["available_node_types"].items() if name != config["head_node_type"]]
+    assert any(t["resources"].get("GPU", 0) >= 2 and t["max_workers"] >= 2 for t in workers)  # multi-GPU nodes
+    broken = {**config, "available_node_types": {"head": {"resources": {"GPU": "four"}}}}
+    with pytest.raises(jsonschema.ValidationError, match="node_config|four"):
+        jsonschema.validate(broken, schema)  # the schema does reject bad configs
+
+
+@pytest.fixture
+def prompts_file(tmp_path) -> Path:
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompts,seeds\n" + "".join(f'"a cube, number {i}",{300 + i}\n' for i in range(4)))
+    return path
+
+
+@pytest.mark.slow
+def test_multi_node_gpu_cluster_spreads_actors(sd1_path, prompts_file, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1, num_gpus=1)  # GPU-like resources; actors fall back to the CPU device
+    try:
+        ray.init(address=cluster.address, logging_level="ERROR",
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}})
+        cfg = RunConfig(model=str(sd1_path), steps=1, prompts=PromptsConfig(source="file", path=str(prompts_file)),
+                        num_images=None, output=str(tmp_path / "run"), shard_size=1, batch_size=1, actors=None,
+                        hooks=["mid_0"], progress_every=0.0)
+        result = generate(cfg)
+        assert result.ok and result.images == 4
+        nodes = {r["node"] for r in completion_records(cfg.output).values()}
+        assert len(nodes) == 2  # one actor per simulated GPU, on each node
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_to_a_local_head(sd1_path, prompts_file, tmp_path):
+    if shutil.which("ray", path=str(VENV_BIN)) is None:
+        pytest.skip("the ray CLI is not installed next to this interpreter")
+    gcs, dashboard = free_port(), free_port()
+    # The job's `python` is whatever is first on PATH for the head's processes: the project's interpreter.
+    # Ray >= 2.5x: token authentication; the head and the CLI share the token in ~/.ray/auth_token.
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
+           "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "1",
+         "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{dashboard}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break  # it answers (401 without the token): up
+            except OSError:
+                assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not come up"
+                time.sleep(0.5)
+        config = tmp_path / "run.yaml"
+        config.write_text(yaml.safe_dump({
+            "model": str(sd1_path), "steps": 1, "prompts": {"source": "file", "path": str(prompts_file)},
+            "num_images": None, "shard_size": 2, "batch_size": 2, "hooks": ["mid_0"], "actors": 1}))
+        output = tmp_path / "run"
+        job = subprocess.run(
+            [str(VENV_BIN / "ray"), "job", "submit", "--address", url, "--working-dir", ".", "--",
+             "python", "-m", "workflows.run", str(config), "--output", str(output)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "succeeded" in job.stdout and "4/4 images complete" in job.stdout
+        assert [r["status"] for r in read_manifest(str(output)).to_pylist()] == ["complete"] * 4
+        assert zarr.open_group(str(output / "store.zarr"), mode="r")["images"].shape == (4, 32, 32, 3)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # only the processes this test started (its own session)
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)  # its GCS and monitor take ~30 s to go on SIGTERM
+        except ProcessLookupError:
+            pass

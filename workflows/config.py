@@ -1,0 +1,258 @@
+"""Run configuration: one YAML or TOML file describes a whole generation run.
+
+A config is a small tree of dataclasses. `load_config` reads a file, applies `--set key=value` overrides and validates
+every field; a bad key names the key and lists the valid ones, a bad value names the field and what it accepts.
+
+Fields that decide *what* is generated (model, prompts, steps, hooks, ...) are compared when a run is resumed: an output
+location that holds a different run refuses to continue and lists the fields that differ. Fields that only decide *how*
+it runs (actors, GPUs per actor, retries, progress interval) may change between a run and its resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used; the message says which field and why."""
+
+
+@dataclass
+class PromptsConfig:
+    """Where the (prompt, seed) items come from.
+
+    source "toy": captions of toy-world scenes, `ldm.toy.render.render_batch(seeds).captions`; scene seed = noise seed.
+        Train seeds are `first_seed + i`, test seeds `1_000_000 + first_seed + i` (the toy world's split convention).
+    source "file": rows of CSV, Parquet or JSONL files with a prompt and a seed column. Either `train` and `test` (one
+        file per split, like the paper's split files) or `path` (one file; its `split` column if present, otherwise a
+        stable hash of (prompt, seed) puts `test_fraction` of the rows in the test split).
+    """
+
+    source: str = "toy"
+    path: str | None = None
+    train: str | None = None
+    test: str | None = None
+    prompt_column: str | None = None  # None: "prompt" or "prompts", whichever exists
+    seed_column: str | None = None  # None: "seed" or "seeds"
+    split_column: str = "split"
+    first_seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    """Everything one generation run needs. Shapes in the store: `(image, step, h, w, c)` per hook point."""
+
+    # model: `load_model(model, scheduler=..., steps=..., guidance_scale=..., dtype=...)` of the backend module, which
+    # provides the ldm API (`load_model` and `capture`, see docs/CONTRACTS.md); "ldm" is ours.
+    backend: str = "ldm"
+    model: str = "toy"
+    scheduler: str = "lms"
+    steps: int = 15
+    guidance_scale: float = 7.5
+    dtype: str = "float32"
+    height: int | None = None  # image size in pixels; None: the model's native size (512 for SD v1.4)
+    width: int | None = None
+    permute_seed: int | None = None  # the paper's control: U-Net weights permuted with this seed (ldm.control)
+    # what to generate
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    num_images: int | None = 48  # toy: required; files: None = every row, else a cap that keeps the split proportions
+    test_fraction: float = 0.25
+    # what to record: hook point names (None = every self-attention hook of the model) and ldm.capture extras
+    hooks: list[str] | None = None
+    extras: list[str] = field(default_factory=lambda: ["latent"])
+    # where and how it is stored
+    output: str = "runs/toy"  # a local path or an fsspec URL (s3://bucket/run, gs://...)
+    shard_size: int = 8  # images per work shard (the unit of scheduling, retry and resume)
+    batch_size: int = 4  # images per generate() call and per store chunk; must divide shard_size
+    compression: str = "zstd"  # "zstd" or "none"
+    # how it runs (may change on resume)
+    actors: int | None = None  # None: one per GPU, or one per `cpus_per_actor` CPUs without GPUs
+    gpus_per_actor: float = 1.0
+    cpus_per_actor: int = 1
+    max_retries: int = 2  # extra attempts for a shard after its first failure
+    progress_every: float = 10.0  # seconds between progress lines
+
+
+# Fields that may differ between a run and its resume: they change scheduling or location, never the data.
+RUNTIME_FIELDS = ("actors", "gpus_per_actor", "cpus_per_actor", "max_retries", "progress_every", "output")
+
+_CHOICES = {
+    "prompts.source": ("toy", "file"),
+    "compression": ("zstd", "none"),
+    "extras": ("latent", "x0", "vae_mid"),
+}
+
+
+def _field_types(cls) -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(cls)
+
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    """Check `value` against the annotation `typ` (the few kinds a config uses) and return it, converted if harmless."""
+    import types
+    import typing
+
+    origin = typing.get_origin(typ)
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(typ)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        (item,) = typing.get_args(typ)
+        return [_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {typ!r} for {name}")
+
+
+def _build(cls, data: dict[str, Any], prefix: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    types_ = _field_types(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        name = prefix + str(key)
+        if key not in valid:
+            raise ConfigError(f"unknown config key {name!r}; valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
+                              + ", ".join(valid))
+        if dataclasses.is_dataclass(types_[key]):
+            kwargs[key] = _build(types_[key], value, name + ".")
+        else:
+            kwargs[key] = _coerce(name, value, types_[key])
+    return cls(**kwargs)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check value ranges and combinations; raise ConfigError naming the field."""
+    p = cfg.prompts
+    for name, choices in _CHOICES.items():
+        value = to_dict(cfg)
+        for part in name.split("."):
+            value = value[part]
+        for v in value if isinstance(value, list) else [value]:
+            if v not in choices:
+                raise ConfigError(f"{name}: {v!r} is not one of {', '.join(choices)}")
+    if cfg.steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.shard_size < 1:
+        raise ConfigError(f"shard_size must be >= 1, got {cfg.shard_size}")
+    if cfg.batch_size < 1 or cfg.shard_size % cfg.batch_size:
+        raise ConfigError(f"batch_size ({cfg.batch_size}) must be >= 1 and divide shard_size ({cfg.shard_size}), "
+                          "so that no two shards ever write the same store chunk")
+    if cfg.num_images is not None and cfg.num_images < 1:
+        raise ConfigError(f"num_images must be >= 1 or null, got {cfg.num_images}")
+    if not 0.0 <= cfg.test_fraction <= 1.0:
+        raise ConfigError(f"test_fraction must be in [0, 1], got {cfg.test_fraction}")
+    if cfg.actors is not None and cfg.actors < 1:
+        raise ConfigError(f"actors must be >= 1 or null (automatic), got {cfg.actors}")
+    if cfg.gpus_per_actor <= 0 or cfg.cpus_per_actor < 1 or cfg.max_retries < 0:
+        raise ConfigError("gpus_per_actor must be > 0, cpus_per_actor >= 1 and max_retries >= 0")
+    if not cfg.output:
+        raise ConfigError("output must name a directory or URL")
+    if p.source == "toy":
+        if cfg.num_images is None:
+            raise ConfigError("num_images is required with prompts.source 'toy'")
+        if any((p.path, p.train, p.test)):
+            raise ConfigError("prompts.path/train/test are for prompts.source 'file', not 'toy'")
+    else:
+        if p.path and (p.train or p.test):
+            raise ConfigError("prompts: give either path (one file) or train and test (one file per split), not both")
+        if not p.path and not (p.train and p.test):
+            raise ConfigError("prompts.source 'file' needs prompts.path, or both prompts.train and prompts.test")
+    if cfg.hooks is not None and not cfg.hooks:
+        raise ConfigError("hooks: give at least one hook point, or null for all of them")
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    return validate(_build(RunConfig, data))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key.sub=value` -> ("key.sub", value parsed as YAML, so numbers, lists and null work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) run config, apply `key=value` overrides, expand $VARS in paths."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot parse: {e}") from None
+    data = data or {}
+    for item in overrides:
+        key, value = parse_override(item)
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a mapping")
+        node[parts[-1]] = value
+    cfg = from_dict(data)
+    for name in ("path", "train", "test"):
+        value = getattr(cfg.prompts, name)
+        if value:
+            setattr(cfg.prompts, name, os.path.expandvars(os.path.expanduser(value)))
+    cfg.output = os.path.expandvars(os.path.expanduser(cfg.output))
+    return cfg
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def data_differences(a: RunConfig | dict, b: RunConfig | dict) -> list[str]:
+    """Dotted names of the fields that change the generated data and differ between two configs, e.g. ["steps"]."""
+    fa = _flatten(a if isinstance(a, dict) else to_dict(a))
+    fb = _flatten(b if isinstance(b, dict) else to_dict(b))
+    return sorted(k for k in set(fa) | set(fb) if k not in RUNTIME_FIELDS and fa.get(k) != fb.get(k))

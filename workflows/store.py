@@ -1,0 +1,395 @@
+"""The run's output location: a Zarr v3 activation store, completion records and a Parquet manifest.
+
+Layout of `<output>` (a local path or an fsspec URL; see docs/store.md):
+
+    store.zarr/               Zarr v3 group; attrs["sceneprobe"] holds the run config and the hook shapes
+      images                  (image, y, x, rgb) uint8
+      prompt, seed, split     (image,) the plan; `shard` (image,) int32 says which work shard made the image
+      acts/<name>/act         (image, step, h, w, c) float16 per hook point; float32 for the "latent" and "x0" extras
+    shards/<shard>.json       completion record, written last: the shard's data is valid only if this exists
+    shards/<shard>.failed.json  written when a shard failed all its attempts; removed when it later completes
+    manifest.parquet          one row per image: image, prompt, seed, split, shard, status
+    config.yaml               the run config, written last when the store is created
+
+Activations use Zarr sharding: one Zarr shard (one object) per batch of `batch_size` images holds every step, as inner
+chunks `(batch_size, 1, h, w, c)`. One (hook, step) for all images is one contiguous byte range per batch; a batch is
+written whole, once. `batch_size` divides `shard_size`, so no Zarr shard is ever shared by two work shards: each work
+shard has exactly one writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import queue
+import threading
+import uuid
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+import zarr
+
+from workflows.config import RunConfig, data_differences, from_dict, to_dict
+from workflows.prompts import Plan
+
+STORE = "store.zarr"  # the Zarr group inside the output location; records and manifest sit beside it
+FLOAT32_EXTRAS = ("latent", "x0")  # small and used for exact comparisons; attention outputs are stored as float16
+
+
+class RunExistsError(RuntimeError):
+    """The output location already holds a run (the same one without --resume, or a different one)."""
+
+
+@dataclass
+class Layout:
+    """Shapes of what one image produces: `acts[name] = (h, w, c)` per step, and the image's (height, width)."""
+
+    acts: dict[str, tuple[int, int, int]]
+    image: tuple[int, int]
+    steps: int
+
+    def to_json(self) -> dict:
+        return {"acts": {k: list(v) for k, v in self.acts.items()}, "image": list(self.image), "steps": self.steps}
+
+    @staticmethod
+    def from_json(d: dict) -> Layout:
+        return Layout({k: tuple(v) for k, v in d["acts"].items()}, tuple(d["image"]), d["steps"])
+
+
+def shard_ranges(n_images: int, shard_size: int) -> list[tuple[int, int]]:
+    """[start, stop) image ranges of the work shards, in order; the last one may be short."""
+    return [(a, min(a + shard_size, n_images)) for a in range(0, n_images, shard_size)]
+
+
+def _fs(output: str):
+    fs, root = fsspec.core.url_to_fs(output)
+    return fs, root
+
+
+def _is_local(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def _zarr_store(output: str):
+    fs, root = _fs(output)
+    if _is_local(fs):
+        return zarr.storage.LocalStore(posixpath.join(root, STORE))
+    return zarr.storage.FsspecStore.from_url(output.rstrip("/") + "/" + STORE)
+
+
+def write_atomic(output: str, relpath: str, data: bytes) -> None:
+    """Write a small file so that readers see the old content or the new one, never a torn one.
+
+    Local: write a temporary file next to it, then rename (atomic on POSIX); object stores: a single PUT is atomic.
+    A failed write (disk full) leaves the previous file untouched.
+    """
+    fs, root = _fs(output)
+    path = posixpath.join(root, relpath)
+    if _is_local(fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    else:
+        fs.pipe_file(path, data)
+
+
+def read_file(output: str, relpath: str) -> bytes | None:
+    fs, root = _fs(output)
+    path = posixpath.join(root, relpath)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def stored_config(output: str) -> dict | None:
+    data = read_file(output, "config.yaml")
+    return None if data is None else yaml.safe_load(data)
+
+
+# ---------------------------------------------------------------- creation and resume checks
+
+
+def check_output(cfg: RunConfig, resume: bool) -> bool:
+    """Decide whether `cfg.output` can be used; return True when an existing run is to be continued.
+
+    Refuses (RunExistsError) a location holding a different run (naming the fields that differ), the same run without
+    `resume`, or unrelated files.
+    """
+    stored = stored_config(cfg.output)
+    if stored is not None:
+        diff = data_differences(stored, cfg)
+        if diff:
+            old, new = _flat(stored), _flat(to_dict(cfg))
+            detail = "; ".join(f"{k}: stored {old.get(k)!r}, given {new.get(k)!r}" for k in diff)
+            raise RunExistsError(f"output {cfg.output!r} holds a different run; fields that differ: {detail}. "
+                                 "Use another output location, or the stored config to resume it.")
+        if not resume:
+            done = len(completion_records(cfg.output))
+            total = len(shard_ranges(_manifest_rows(cfg.output), cfg.shard_size))
+            raise RunExistsError(f"output {cfg.output!r} already holds this run ({done} of {total} shards complete); "
+                                 "pass --resume to continue it")
+        return True
+    fs, root = _fs(cfg.output)
+    if fs.exists(root) and fs.ls(root, detail=False):
+        attrs = read_file(cfg.output, f"{STORE}/zarr.json")
+        # A store whose creation was interrupted (no config.yaml yet) is ours to recreate; anything else is not.
+        if attrs is None or "sceneprobe" not in json.loads(attrs).get("attributes", {}):
+            raise RunExistsError(f"output {cfg.output!r} exists and is not a sceneprobe run; refusing to write there")
+    return False
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def create_store(cfg: RunConfig, plan: Plan, layout: Layout) -> None:
+    """Create every array (filled lazily: unwritten chunks read as NaN/0), the manifest, then config.yaml last."""
+    n, b, steps = len(plan), cfg.batch_size, layout.steps
+    compressors = zarr.codecs.ZstdCodec(level=1) if cfg.compression == "zstd" else None
+    meta = {"config": to_dict(cfg), "layout": layout.to_json(), "format": 1}
+    root = zarr.open_group(_zarr_store(cfg.output), mode="w", attributes={"sceneprobe": meta})
+    h, w = layout.image
+    root.create_array("images", shape=(n, h, w, 3), chunks=(b, h, w, 3), dtype="uint8", fill_value=0,
+                      dimension_names=("image", "y", "x", "rgb"), compressors=compressors)
+    for name, (ah, aw, ac) in layout.acts.items():
+        dtype = "float32" if name in FLOAT32_EXTRAS else "float16"
+        # Zarr shard = one batch, all steps (one file, written once); inner chunk = one step (one contiguous read).
+        root.create_array(f"acts/{name}/act", shape=(n, steps, ah, aw, ac), shards=(b, steps, ah, aw, ac),
+                          chunks=(b, 1, ah, aw, ac), dtype=dtype, fill_value=np.nan,
+                          dimension_names=("image", "step", "h", "w", "c"), compressors=compressors,
+                          attributes={"hook": name})
+    shard = np.arange(n, dtype=np.int32) // cfg.shard_size
+    for name, values, dtype in (("prompt", np.array(plan.prompts, dtype=object), str),
+                                ("seed", np.array(plan.seeds, dtype=np.int64), "int64"),
+                                ("split", np.array(plan.splits, dtype=object), str),
+                                ("shard", shard, "int32")):
+        arr = root.create_array(name, shape=(n,), chunks=(n,), dtype=dtype, dimension_names=("image",))
+        arr[:] = values
+    write_manifest(cfg.output, plan, cfg.shard_size, {}, set())
+    write_atomic(cfg.output, "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+
+
+def open_store(output: str, mode: str = "r") -> zarr.Group:
+    """The run's Zarr group, read-only by default. Only images of complete shards are valid (see `complete_images`).
+
+    Later stages open it with mode="r+" to add their arrays (labels) beside the activations."""
+    return zarr.open_group(_zarr_store(output), mode=mode)
+
+
+def complete_images(output: str) -> np.ndarray:
+    """Boolean mask over images: True where the image's shard has its completion record."""
+    n = _manifest_rows(output)
+    shard_size = load_run_config(output).shard_size
+    done = completion_records(output)
+    return np.array([i // shard_size in done for i in range(n)], dtype=bool)
+
+
+def load_plan(output: str) -> Plan:
+    """The stored plan (from manifest.parquet): a resumed run uses exactly these items and splits."""
+    t = pq.read_table(_manifest_path(output), filesystem=_fs(output)[0])
+    return Plan(t["prompt"].to_pylist(), t["seed"].to_pylist(), t["split"].to_pylist())
+
+
+def load_layout(output: str) -> Layout:
+    return Layout.from_json(open_store(output).attrs["sceneprobe"]["layout"])
+
+
+def load_run_config(output: str) -> RunConfig:
+    stored = stored_config(output)
+    if stored is None:
+        raise FileNotFoundError(f"{output!r} holds no sceneprobe run (no config.yaml)")
+    return from_dict(stored)
+
+
+# ---------------------------------------------------------------- writing one shard
+
+
+class ShardWriter:
+    """Writes shards: buffers one batch's activations, then writes them from a background thread.
+
+    Each activation array is a Zarr shard per batch `(batch, step, h, w, c)` holding one inner chunk per step, so a
+    batch costs one file per hook point (not one per hook and step) and is written whole, never read back. While the
+    thread encodes and writes batch k, the model computes batch k+1; the queue holds at most one batch, so memory stays
+    bounded by two batches of activations. A write error (disk full, lost bucket) is raised by the next call and by
+    `flush`, and the completion record is written only after every queued write is on storage. One writer per
+    process; an actor keeps it for all its shards.
+    """
+
+    def __init__(self, output: str):
+        self.output = output
+        self.root = zarr.open_group(_zarr_store(output), mode="r+")
+        self.arrays: dict[str, zarr.Array] = {}
+        self._buffers: dict[str, np.ndarray] = {}  # the current batch: name -> (batch, step, h, w, c)
+        self._filled: dict[str, set[int]] = {}
+        self._start: int | None = None
+        acts = len(self.root.attrs["sceneprobe"]["layout"]["acts"])
+        self._queue: queue.Queue = queue.Queue(maxsize=acts + 1)
+        self._error: BaseException | None = None
+        threading.Thread(target=self._drain, name="shard-writer", daemon=True).start()
+
+    def _array(self, path: str) -> zarr.Array:
+        if path not in self.arrays:
+            self.arrays[path] = self.root[path]
+        return self.arrays[path]
+
+    def _drain(self) -> None:
+        while True:
+            arr, selection, data = self._queue.get()
+            try:
+                if self._error is None:  # after a failure the rest of the shard is dropped; it will be retried
+                    arr[selection] = data
+            except BaseException as err:  # noqa: BLE001 - handed to the producer thread, which raises it
+                self._error = err
+            finally:
+                self._queue.task_done()
+
+    def _put(self, arr: zarr.Array, selection: tuple, data: np.ndarray) -> None:
+        if self._error is not None:
+            self.flush()
+        self._queue.put((arr, selection, data))
+
+    def begin(self) -> None:
+        """Start a shard: wait for leftovers, drop a half-filled batch and the error of a shard that already failed."""
+        self._queue.join()
+        self._error = None
+        self._buffers, self._filled, self._start = {}, {}, None
+
+    def write_act(self, name: str, start: int, step: int, act: np.ndarray) -> None:
+        """act: (batch, h, w, c) for images [start, start + batch) at `step`; cast and copied into the batch buffer.
+
+        Steps may come in any order; a new `start` (the next batch) queues the previous batch.
+        """
+        if start != self._start:
+            self.end_batch()
+            self._start = start
+        if name not in self._buffers:
+            arr = self._array(f"acts/{name}/act")
+            self._buffers[name] = np.empty((act.shape[0], arr.shape[1], *arr.shape[2:]), dtype=arr.dtype)
+            self._filled[name] = set()
+        self._buffers[name][:, step] = act
+        self._filled[name].add(step)
+
+    def write_images(self, start: int, images: np.ndarray) -> None:
+        """images: (batch, H, W, 3) uint8 for images [start, start + batch)."""
+        n = images.shape[0]
+        self._put(self._array("images"), (slice(start, start + n),), np.array(images, dtype=np.uint8, copy=True))
+
+    def end_batch(self) -> None:
+        """Queue the buffered batch of activations (every step must be there) for writing."""
+        for name, buf in self._buffers.items():
+            arr = self._array(f"acts/{name}/act")
+            if len(self._filled[name]) != arr.shape[1]:
+                raise RuntimeError(f"{name}: captured steps {sorted(self._filled[name])} of images from {self._start}; "
+                                   f"expected all {arr.shape[1]} steps")
+            self._put(arr, (slice(self._start, self._start + buf.shape[0]),), buf)
+        self._buffers, self._filled, self._start = {}, {}, None  # queued buffers now belong to the writer thread
+
+    def flush(self) -> None:
+        """Wait until every queued chunk is written; raise (once) the first error since the last flush."""
+        self._queue.join()
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def complete(self, shard: int, record: dict) -> None:
+        """Publish the shard: the completion record is the last thing written, after every chunk."""
+        self.end_batch()
+        self.flush()
+        write_atomic(self.output, f"shards/{shard:06d}.json", json.dumps(record, indent=1).encode())
+        fs, root = _fs(self.output)
+        failed = posixpath.join(root, f"shards/{shard:06d}.failed.json")
+        if fs.exists(failed):
+            fs.rm_file(failed)
+
+
+def mark_failed(output: str, shard: int, record: dict) -> None:
+    write_atomic(output, f"shards/{shard:06d}.failed.json", json.dumps(record, indent=1).encode())
+
+
+def _shard_records(output: str, suffix: str) -> dict[int, dict]:
+    fs, root = _fs(output)
+    base = posixpath.join(root, "shards")
+    try:
+        names = fs.ls(base, detail=False)
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for path in names:
+        name = posixpath.basename(path)
+        stem = name[:-len(suffix)]
+        if name.endswith(suffix) and stem.isdigit():
+            out[int(stem)] = json.loads(fs.cat_file(path))
+    return out
+
+
+def completion_records(output: str) -> dict[int, dict]:
+    """{shard: record} for the shards whose data is complete and may be read."""
+    return _shard_records(output, ".json")
+
+
+def failure_records(output: str) -> dict[int, dict]:
+    return _shard_records(output, ".failed.json")
+
+
+def shard_states(output: str) -> list[str]:
+    """State per shard: "complete", "failed" (all attempts failed) or "pending" (not done, possibly partly written)."""
+    n = _manifest_rows(output)
+    cfg = load_run_config(output)
+    done, failed = completion_records(output), failure_records(output)
+    return ["complete" if s in done else "failed" if s in failed else "pending"
+            for s in range(len(shard_ranges(n, cfg.shard_size)))]
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def _manifest_path(output: str) -> str:
+    return posixpath.join(_fs(output)[1], "manifest.parquet")
+
+
+def _manifest_rows(output: str) -> int:
+    return pq.read_metadata(_manifest_path(output), filesystem=_fs(output)[0]).num_rows
+
+
+def write_manifest(output: str, plan: Plan, shard_size: int, done: dict[int, dict] | set[int], failed: set[int]) -> None:
+    """Rewrite manifest.parquet atomically: image, prompt, seed, split, shard, status (complete/failed/pending)."""
+    shard = [i // shard_size for i in range(len(plan))]
+    status = ["complete" if s in done else "failed" if s in failed else "pending" for s in shard]
+    table = pa.table({
+        "image": pa.array(range(len(plan)), pa.int64()),
+        "prompt": pa.array(plan.prompts, pa.string()),
+        "seed": pa.array(plan.seeds, pa.int64()),
+        "split": pa.array(plan.splits, pa.string()),
+        "shard": pa.array(shard, pa.int32()),
+        "status": pa.array(status, pa.string()),
+    })
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_atomic(output, "manifest.parquet", sink.getvalue().to_pybytes())
+
+
+def bytes_on_disk(output: str) -> int:
+    fs, root = _fs(output)
+    return int(fs.du(root, total=True))
+
+
+def read_manifest(output: str) -> pa.Table:
+    return pq.read_table(_manifest_path(output), filesystem=_fs(output)[0])
