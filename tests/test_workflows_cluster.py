@@ -106,7 +106,8 @@ def test_ray_job_submit_to_a_local_head(sd1_path, prompts_file, tmp_path):
         config = tmp_path / "run.yaml"
         config.write_text(yaml.safe_dump({
             "model": str(sd1_path), "steps": 1, "prompts": {"source": "file", "path": str(prompts_file)},
-            "num_images": None, "shard_size": 2, "batch_size": 2, "hooks": ["mid_0"], "actors": 1}))
+            "num_images": None, "shard_size": 2, "batch_size": 2, "hooks": ["mid_0"], "actors": 1,
+            "stages": ["generate"]}))
         output = tmp_path / "run"
         job = subprocess.run(
             [str(VENV_BIN / "ray"), "job", "submit", "--address", url, "--working-dir", ".", "--",

@@ -112,7 +112,7 @@ def test_ray_grid_matches_local(run, tmp_path):
 
     output = str(tmp_path / "run")
     build(output)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         # labels through Ray tasks with a labeler spec; the fake labelers are not loadable by spec, so label here
         label_all(output)

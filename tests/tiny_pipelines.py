@@ -6,27 +6,11 @@ the real models, without downloading anything.
 
 from __future__ import annotations
 
-import json
-import string
 from pathlib import Path
 
 import torch
 
-
-def save_char_tokenizer(folder: Path, max_length: int = 16):
-    """A CLIP tokenizer whose vocabulary is single characters: enough to encode any lower-case ASCII caption."""
-    from transformers import CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = string.ascii_lowercase + string.digits + ",.'-"
-    tokens = ["<|startoftext|>", "<|endoftext|>"] + list(chars) + [c + "</w>" for c in chars]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length, pad_token="<|endoftext|>"
-    )
-    tokenizer.save_pretrained(folder)
-    return tokenizer
+from ldm.random_init import save_char_tokenizer
 
 
 def _text_encoder(vocab_size: int, hidden: int, projection: bool = False):
@@ -65,7 +49,7 @@ def build_sd1(folder: Path, seed: int = 0, attention: str = "self") -> Path:
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(seed)
-    tokenizer = save_char_tokenizer(folder / "_tok")
+    tokenizer = save_char_tokenizer(folder / "_tok", max_length=16)
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(8, 16, 16, 16), norm_num_groups=4, cross_attention_dim=16, attention_head_dim=4,
@@ -87,7 +71,7 @@ def build_sd2(folder: Path, seed: int = 0) -> Path:
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(seed)
-    tokenizer = save_char_tokenizer(folder / "_tok")
+    tokenizer = save_char_tokenizer(folder / "_tok", max_length=16)
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(8, 16, 16, 16), norm_num_groups=4, cross_attention_dim=24,
@@ -108,7 +92,7 @@ def build_sdxl(folder: Path, seed: int = 0) -> Path:
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
     torch.manual_seed(seed)
-    tokenizer = save_char_tokenizer(folder / "_tok")
+    tokenizer = save_char_tokenizer(folder / "_tok", max_length=16)
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(8, 16, 16), norm_num_groups=4, attention_head_dim=(2, 4, 4),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 from ldm.errors import UserError
 
@@ -23,34 +21,10 @@ def cmd_hooks(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Generate a few toy images with capture on, save them, and print the hook table."""
-    import numpy as np
-    from PIL import Image
+    """The whole main job on the toy model through a local Ray head and `ray job submit`."""
+    from workflows.demo import run_demo
 
-    from ldm.capture import ArraySink, capture
-    from ldm.hooks import format_hook_table
-    from ldm.loading import load_model
-    from ldm.toy.render import render_batch
-
-    model = load_model("toy", steps=args.steps)
-    print(format_hook_table(model.hook_points), "\n")
-    seeds = list(range(1_000_000, 1_000_000 + args.images))
-    prompts = render_batch(seeds).captions
-    sink = ArraySink()
-    start = time.perf_counter()
-    with capture(model, sink):
-        images = model.generate(prompts, seeds)
-    seconds = time.perf_counter() - start
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, (prompt, image) in enumerate(zip(prompts, images)):
-        Image.fromarray(image).save(out / f"{i:02d}.png")
-        print(f"{out / f'{i:02d}.png'}: {prompt}")
-    Image.fromarray(np.concatenate(list(images), axis=1)).save(out / "strip.png")
-    values = sum(a.size for a in sink.arrays.values())
-    print(f"\n{len(images)} images in {seconds:.1f}s with {len(sink.arrays)} hook points x {args.steps} steps captured "
-          f"({values / len(images) / 1e6:.2f}M values per image); strip: {out / 'strip.png'}")
-    return 0
+    return run_demo(args.config, args.output)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -94,10 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     plan.set_defaults(func=cmd_plan)
 
-    demo = sub.add_parser("demo", help="generate a few toy-world images with capture and print the hook table")
-    demo.add_argument("--images", type=int, default=4)
-    demo.add_argument("--steps", type=int, default=15)
-    demo.add_argument("--out", default="runs/demo")
+    demo = sub.add_parser("demo", help="the whole main job on the toy model via a local Ray head and ray job submit")
+    demo.add_argument("--config", default="configs/demo.yaml")
+    demo.add_argument("--output", default="runs/demo")
     demo.set_defaults(func=cmd_demo)
 
     animate = sub.add_parser("animate", help="the moving-object GIF: edits slide a test image's salient object")
@@ -120,9 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run every stage of a config (resumable with --resume)")
     add_arguments(run)
     run.set_defaults(func=lambda a: run_command(a, STAGES))
-    generate = sub.add_parser("generate", help="generate images and activations into the run's store (Ray)")
-    add_arguments(generate)
-    generate.set_defaults(func=lambda a: run_command(a, ("generate",)))
+    single = {
+        "generate": "generate images and activations into the run's store (Ray)",
+        "controls": "generate the control variants (the permuted-weights U-Net) into variants/",
+        "label": "pseudo-label the finished images (depth, salient object)",
+        "probe": "fit and score the probe grid with its controls",
+        "intervene": "edit activations so probes read moved masks / shifted depth, and score the images",
+        "report": "write <output>/report/index.html",
+    }
+    for stage, help_text in single.items():
+        parser_ = sub.add_parser(stage, help=help_text)
+        add_arguments(parser_)
+        if stage == "intervene":
+            parser_.add_argument("--fresh", action="store_true", help="discard earlier intervention results")
+        parser_.set_defaults(func=lambda a, stage=stage: run_command(a, (stage,)))
     status = sub.add_parser("status", help="show a run's shard states")
     status.add_argument("run", help="a run's output location, or its config file")
     status.set_defaults(func=status_command)

@@ -46,6 +46,39 @@ class PromptsConfig:
 
 
 @dataclass
+class LabelerConfig:
+    """One pseudo-labeler (see ldm.labelers): kind toy, dpt, depth-anything (depth) or toy, hf (saliency)."""
+
+    kind: str = "toy"
+    checkpoint: str | None = None  # None: the kind's default (Intel/dpt-large for dpt)
+    trust_remote_code: bool = False  # only when you trust the checkpoint's own code
+
+
+@dataclass
+class LabelsConfig:
+    """The label stage: which labeler makes each target's pseudo-labels, and where it runs."""
+
+    saliency: LabelerConfig = field(default_factory=LabelerConfig)
+    depth: LabelerConfig = field(default_factory=LabelerConfig)
+    device: str = "cpu"  # cpu, cuda or auto; with cuda each Ray label task takes one GPU
+    shards_per_task: int = 4
+
+
+@dataclass
+class ProbesConfig:
+    """The probe grid: one probe per (variant, hook, step, target), plus controls."""
+
+    targets: list[str] = field(default_factory=lambda: ["saliency", "depth"])
+    mode: str = "ours"  # "ours" (regularised ridge/logistic, alpha on a validation split) or "paper" (Adam, 30 epochs)
+    hooks: list[str] | None = None  # None: every recorded hook point and extra
+    steps: list[int] | None = None  # None: every step
+    controls: list[str] = field(default_factory=lambda: ["permuted"])  # model variants generated for comparison
+    permute_seed: int = 1  # seed of the permuted-weights control
+    seed: int = 0  # validation split, shuffled-label control and bootstrap
+    bootstrap: int = 1000  # bootstrap resamples for the 95% intervals
+
+
+@dataclass
 class RunConfig:
     """Everything one generation run needs. Shapes in the store: `(image, step, h, w, c)` per hook point."""
 
@@ -78,15 +111,26 @@ class RunConfig:
     cpus_per_actor: int = 1
     max_retries: int = 2  # extra attempts for a shard after its first failure
     progress_every: float = 10.0  # seconds between progress lines
+    # later stages (they never change the generated data)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
+    interventions: dict[str, Any] = field(default_factory=dict)  # fields of workflows.interventions.InterventionConfig
+    stages: list[str] = field(default_factory=lambda: ["generate", "controls", "label", "probe", "intervene", "report"])
 
 
 # Fields that may differ between a run and its resume: they change scheduling or location, never the data.
 RUNTIME_FIELDS = ("actors", "gpus_per_actor", "cpus_per_actor", "max_retries", "progress_every", "output")
+# Sections for the stages after generation: each stage checks its own settings, generation ignores them.
+STAGE_SECTIONS = ("labels.", "probes.", "interventions", "stages")
 
 _CHOICES = {
     "prompts.source": ("toy", "file"),
     "compression": ("zstd", "none"),
     "extras": ("latent", "x0", "vae_mid"),
+    "probes.targets": ("saliency", "depth"),
+    "probes.mode": ("ours", "paper"),
+    "probes.controls": ("permuted",),
+    "stages": ("generate", "controls", "label", "probe", "intervene", "report"),
 }
 
 
@@ -113,6 +157,10 @@ def _coerce(name: str, value: Any, typ: Any) -> Any:
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         (item,) = typing.get_args(typ)
         return [_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        return value
     if typ is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{name}: expected true or false, got {value!r}")
@@ -189,7 +237,27 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ConfigError("prompts.source 'file' needs prompts.path, or both prompts.train and prompts.test")
     if cfg.hooks is not None and not cfg.hooks:
         raise ConfigError("hooks: give at least one hook point, or null for all of them")
+    if cfg.probes.bootstrap < 10:
+        raise ConfigError(f"probes.bootstrap must be >= 10, got {cfg.probes.bootstrap}")
+    if cfg.labels.shards_per_task < 1:
+        raise ConfigError(f"labels.shards_per_task must be >= 1, got {cfg.labels.shards_per_task}")
+    intervention_config(cfg)
     return cfg
+
+
+def intervention_config(cfg: RunConfig):
+    """The `interventions` section as a validated `InterventionConfig`; a bad key or value names it."""
+    from workflows.interventions import InterventionConfig
+
+    try:
+        return InterventionConfig(**cfg.interventions)
+    except TypeError as err:
+        import dataclasses as dc
+
+        valid = ", ".join(f.name for f in dc.fields(InterventionConfig))
+        raise ConfigError(f"interventions: {err}; valid keys in interventions: {valid}") from None
+    except ValueError as err:
+        raise ConfigError(f"interventions: {err}") from None
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -255,4 +323,5 @@ def data_differences(a: RunConfig | dict, b: RunConfig | dict) -> list[str]:
     """Dotted names of the fields that change the generated data and differ between two configs, e.g. ["steps"]."""
     fa = _flatten(a if isinstance(a, dict) else to_dict(a))
     fb = _flatten(b if isinstance(b, dict) else to_dict(b))
-    return sorted(k for k in set(fa) | set(fb) if k not in RUNTIME_FIELDS and fa.get(k) != fb.get(k))
+    return sorted(k for k in set(fa) | set(fb)
+                  if k not in RUNTIME_FIELDS and not k.startswith(STAGE_SECTIONS) and fa.get(k) != fb.get(k))

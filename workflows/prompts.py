@@ -131,7 +131,7 @@ def _check_duplicates(items: list[tuple[str, int, str, str]]) -> None:
             seen[(prompt, seed)] = where
     if dups:
         more = f" (and {len(dups) - 3} more)" if len(dups) > 3 else ""
-        raise PromptsError(f"duplicate (prompt, seed) rows would generate the same image twice: "
+        raise PromptsError("duplicate (prompt, seed) rows would generate the same image twice: "
                            + "; ".join(dups[:3]) + more)
 
 

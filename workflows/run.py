@@ -26,7 +26,7 @@ from workflows.store import (RunExistsError, ShardWriter, bytes_on_disk, check_o
                              failure_records, load_layout, load_plan, load_run_config, mark_failed, shard_states,
                              write_manifest)
 
-STAGES = ("generate",)  # later stages (labels, probes) join here
+STAGES = ("generate", "controls", "label", "probe", "intervene", "report")
 MANIFEST_EVERY = 5.0  # seconds between manifest rewrites while running (it is rewritten once more at the end)
 
 
@@ -170,19 +170,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ray", action="store_true", help="run in this process without Ray")
 
 
+def run_stage(stage: str, cfg: RunConfig, args: argparse.Namespace) -> bool:
+    """Run one stage; returns whether it finished everything it had to do."""
+    from workflows import stages
+
+    use_ray = not args.no_ray
+    if stage == "generate":
+        return generate(cfg, resume=args.resume, use_ray=use_ray, address=args.address).ok
+    if stage == "controls":
+        return all(r.ok for r in stages.run_controls(cfg, use_ray=use_ray, address=args.address).values())
+    if stage == "label":
+        stages.run_labels(cfg, use_ray=use_ray)
+        return True
+    if stage == "probe":
+        stages.run_probes(cfg, use_ray=use_ray)
+        return True
+    if stage == "intervene":
+        return stages.run_intervene(cfg, use_ray=use_ray, address=args.address, fresh=getattr(args, "fresh", False))
+    if stage == "report":
+        print(f"report: {stages.run_report(cfg)}", file=sys.stderr, flush=True)
+        return True
+    raise ValueError(f"unknown stage {stage!r}")
+
+
 def run_command(args: argparse.Namespace, stages: tuple[str, ...] = STAGES) -> int:
-    """`run` / `generate` subcommands: returns the exit status."""
+    """`run` / `generate` / single-stage subcommands: returns the exit status.
+
+    A stage that leaves work undone (failed shards) stops the chain: later stages would run on partial data.
+    """
     try:
         overrides = list(args.set) + ([f"output={args.output}"] if args.output else [])
         cfg = load_config(args.config, overrides)
-        result = None
-        for stage in stages:
-            if stage == "generate":
-                result = generate(cfg, resume=args.resume, use_ray=not args.no_ray, address=args.address)
+        if args.address is None and not args.no_ray and len(stages) > 1:
+            _start_ray(args)
+        chosen = [s for s in stages if len(stages) == 1 or s in cfg.stages]
+        for stage in chosen:
+            if not run_stage(stage, cfg, args):
+                print(f"stage {stage} left work undone; fix the cause and rerun with --resume", file=sys.stderr)
+                return 1
+            args.resume = True  # later stages of the same command continue this run
     except (ConfigError, PromptsError, RunExistsError, FileNotFoundError, UserError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0 if result is None or result.ok else 1
+    return 0
+
+
+def _start_ray(args: argparse.Namespace) -> None:
+    """One Ray session for every stage of `sceneprobe run` (joins RAY_ADDRESS inside `ray job submit`)."""
+    import ray
+
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        args.address = address
 
 
 def status_command(args: argparse.Namespace) -> int:
