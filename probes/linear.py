@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from scipy.special import expit
 import torch
 
 from probes.chunks import (
@@ -79,7 +80,7 @@ class LinearProbe:
     def predict(self, acts: Any, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> np.ndarray:
         """Foreground probability (saliency) or depth (depth) per pixel, `(image, h, w)` float32."""
         z = self.decision(acts, chunk_bytes=chunk_bytes)
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32) if self.kind == "saliency" else z
+        return expit(z).astype(np.float32) if self.kind == "saliency" else z
 
     def to_dict(self) -> dict[str, np.ndarray]:
         """Arrays only, for `safetensors.numpy.save_file`. Strings are stored as codes into KINDS / METHODS."""
