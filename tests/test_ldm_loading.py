@@ -24,7 +24,9 @@ def test_image_depends_on_its_seed_alone(sd1_path):
     together = model.generate(["red ball", "blue cube", "red ball"], [7, 8, 9])
     alone = model.generate(["blue cube"], [8])
     assert together.dtype == np.uint8 and together.shape == (3, 32, 32, 3)
-    np.testing.assert_array_equal(together[1], alone[0])
+    # the noise is exactly the seed's; the images agree up to the rounding of batched matrix products
+    torch.testing.assert_close(model.initial_noise([7, 8, 9])[1:2], model.initial_noise([8]), rtol=0, atol=0)
+    assert np.abs(together[1].astype(int) - alone[0].astype(int)).max() <= 1
     assert not np.array_equal(together[0], together[2])  # same prompt, other seed
 
 
