@@ -3,8 +3,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
+# Tiny models on 2 shared cores run many times faster on one thread than fighting for two; results stay identical.
+torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny_pipelines  # noqa: E402

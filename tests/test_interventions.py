@@ -57,15 +57,6 @@ def build_tiny_run(model_path, output, num_images: int = 12, test_fraction: floa
     return str(output)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The tiny model is ~25x faster on one thread than fighting other processes for two.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def model(sd1_path):
     return load_model(str(sd1_path), steps=STEPS)
@@ -73,7 +64,6 @@ def model(sd1_path):
 
 @pytest.fixture(scope="module")
 def tiny_run(sd1_path, tmp_path_factory):
-    torch.set_num_threads(1)
     return build_tiny_run(sd1_path, tmp_path_factory.mktemp("run") / "out")
 
 

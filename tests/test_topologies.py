@@ -2,18 +2,9 @@
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from workflows.cli import main
 from workflows.config import load_config
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

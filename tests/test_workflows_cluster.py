@@ -4,18 +4,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 import zarr
 
+from workflows.demo import free_port, wait_for_head
 from workflows.config import PromptsConfig, RunConfig
 from workflows.run import generate
 from workflows.store import completion_records, read_manifest
@@ -70,12 +67,6 @@ def test_multi_node_gpu_cluster_spreads_actors(sd1_path, prompts_file, tmp_path)
         cluster.shutdown()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ray_job_submit_to_a_local_head(sd1_path, prompts_file, tmp_path):
     if shutil.which("ray", path=str(VENV_BIN)) is None:
@@ -93,16 +84,7 @@ def test_ray_job_submit_to_a_local_head(sd1_path, prompts_file, tmp_path):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{dashboard}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/version", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break  # it answers (401 without the token): up
-            except OSError:
-                assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not come up"
-                time.sleep(0.5)
+        wait_for_head(url, head)
         config = tmp_path / "run.yaml"
         config.write_text(yaml.safe_dump({
             "model": str(sd1_path), "steps": 1, "prompts": {"source": "file", "path": str(prompts_file)},

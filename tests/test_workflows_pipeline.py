@@ -1,8 +1,6 @@
 """The whole main job on the toy model, every stage chained by `sceneprobe run`, in-process (Ray runs elsewhere)."""
 
 import pyarrow.parquet as pq
-import pytest
-import torch
 
 from workflows.cli import main
 
@@ -10,14 +8,6 @@ ARGS = ["--no-ray", "--set", "num_images=16", "--set", "steps=3", "--set", "shar
         "--set", "probes.steps=[1]", "--set", "probes.bootstrap=100",
         "--set", 'interventions={"max_images": 1, "targets": {"count": 1}, "iters": 4, "saliency_steps": [1], '
                  '"depth_steps": [1]}']
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_run_chains_every_stage_and_resumes(tmp_path, capsys):

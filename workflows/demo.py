@@ -22,7 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for(url: str, head: subprocess.Popen, seconds: float = 90) -> None:
+def wait_for_head(url: str, head: subprocess.Popen, seconds: float = 90) -> None:
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -53,7 +53,7 @@ def run_demo(config: str = "configs/demo.yaml", output: str = "runs/demo", num_c
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
     try:
-        _wait_for(url, head)
+        wait_for_head(url, head)
         print(f"local Ray head on 127.0.0.1 (dashboard {url}); submitting {config} -> {output}", flush=True)
         job = subprocess.run(
             [str(bin_dir / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO), "--",
