@@ -319,6 +319,7 @@ def train_unet(model: ToyLDM, latents: torch.Tensor, ids: torch.Tensor, empty_id
         if time.time() - t_save > cfg.save_every_s:
             save(opt)
             t_save = time.time()
+    save(opt)  # final state, Adam moments included, so a later --resume continues exactly
 
 
 # ------------------------------------------------------------------------------------------------------------ main
@@ -392,12 +393,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> ToyLDM:
     ids = tokenize(model.tokenizer, captions)
     empty_ids = tokenize(model.tokenizer, [""])[0]
     train_unet(model, latents, ids, empty_ids, cfg, state, ema, log, save_unet, stop_time)
-    final = ema_model(model, ema)
-    save_state(state_dir, meta(), {"unet": model.unet.state_dict(), "text_encoder": model.text_encoder.state_dict(),
-                                   "ema": ema})
-    save_pipeline(final, out)
     (out / "train_config.json").write_text(json.dumps(meta(), indent=1))
-    return final
+    return ema_model(model, ema)
 
 
 def main(argv: list[str] | None = None) -> None:
