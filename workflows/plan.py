@@ -16,6 +16,7 @@ import fsspec
 
 from ldm.architecture import describe_hook_points, image_size
 from workflows.config import RunConfig
+from workflows.progress import format_bytes
 from workflows.prompts import build_plan
 
 FLOAT32_EXTRAS = ("latent", "x0")  # as stored by workflows.store
@@ -92,19 +93,12 @@ def free_space(output: str) -> int | None:
     return shutil.disk_usage(path).free
 
 
-def human(nbytes: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if nbytes < 1000 or unit == "TB":
-            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
-        nbytes /= 1000
-    raise AssertionError
-
-
 def format_plan(cfg: RunConfig, plan: RunPlan) -> str:
     lines = [f"run: {cfg.model}, {plan.n_train} train + {plan.n_test} test images, {cfg.steps} steps -> {cfg.output}", ""]
     width = max(len(a.name) for a in plan.arrays)
-    lines += [f"  {a.name:<{width}}  {str(a.shape):<28} {a.dtype:<8} {human(a.nbytes):>10}" for a in plan.arrays]
-    lines += ["", f"store total: {human(plan.total_bytes)} (before compression)"]
+    lines += [f"  {a.name:<{width}}  {str(a.shape):<28} {a.dtype:<8} {format_bytes(a.nbytes):>10}"
+              for a in plan.arrays]
+    lines += ["", f"store total: {format_bytes(plan.total_bytes)} (before compression)"]
     lines += [f"probes: {plan.probes} in {plan.probe_groups} (variant, hook, step) groups"]
     if plan.hours:
         lines += ["device-hours: " + ", ".join(f"{k} {v:.2f}" for k, v in plan.hours.items())]
@@ -112,8 +106,8 @@ def format_plan(cfg: RunConfig, plan: RunPlan) -> str:
         lines += ["device-hours: unknown; measure costs with `python benchmarks/bench_generate.py --costs costs.json` "
                   "on the target hardware and pass `--costs costs.json`"]
     if plan.free_bytes is not None and plan.free_bytes < plan.total_bytes:
-        lines += [f"WARNING: {cfg.output} has {human(plan.free_bytes)} free, the run needs up to "
-                  f"{human(plan.total_bytes)}; point output at larger storage (e.g. s3://bucket/run)"]
+        lines += [f"WARNING: {cfg.output} has {format_bytes(plan.free_bytes)} free, the run needs up to "
+                  f"{format_bytes(plan.total_bytes)}; point output at larger storage (e.g. s3://bucket/run)"]
     return "\n".join(lines)
 
 

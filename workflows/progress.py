@@ -18,7 +18,8 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def _bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
+    """1234567 -> "1.2 MB" (decimal units)."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -70,10 +71,10 @@ class Progress:
         elapsed = time.monotonic() - self.start
         lines = [
             f"generated {self.done} images in {_duration(elapsed)} ({self.rate():.2f} images/s); "
-            f"{self.already + self.done}/{self.total} images complete; store holds {_bytes(bytes_written)}",
+            f"{self.already + self.done}/{self.total} images complete; store holds {format_bytes(bytes_written)}",
         ]
         if self.done:
-            lines[0] += f" ({_bytes(bytes_written / max(self.already + self.done, 1))} per image)"
+            lines[0] += f" ({format_bytes(bytes_written / max(self.already + self.done, 1))} per image)"
         if failed_shards:
             lines.append(f"FAILED shards ({len(failed_shards)}): {', '.join(map(str, failed_shards))}; "
                          "rerun with --resume to regenerate them")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 import ray
 
 from workflows.generate import load
+from workflows.ray_session import ensure_ray
 from workflows.interventions import (
     InterventionConfig,
     StageInputs,
@@ -76,8 +77,7 @@ def run_pool(
     """Run `units` on an actor pool; `on_done(unit, rows)` / `on_failed(unit, error)` run in the driver.
 
     A unit whose actor raises or dies is queued again (actors restart) until it has failed `1 + max_retries` times."""
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+    ensure_ray(address)
     n, options = pool_size(cfg, len(units))
     cpu_threads = None if options["num_gpus"] else cfg.cpus_per_actor
     remote = ray.remote(InterventionActor).options(max_restarts=-1, max_task_retries=0, **options)

@@ -21,6 +21,7 @@ from ldm.errors import UserError
 from workflows.config import ConfigError, RunConfig, load_config
 from workflows.generate import Shard, describe, generate_shard, load, make_shards
 from workflows.progress import Progress
+from workflows.ray_session import ensure_ray
 from workflows.prompts import PromptsError, build_plan
 from workflows.store import (RunExistsError, ShardWriter, bytes_on_disk, check_output, completion_records, create_store,
                              failure_records, load_layout, load_plan, load_run_config, mark_failed, shard_states,
@@ -125,10 +126,7 @@ def _run_ray(cfg, resumed, plan, todo, on_done, on_failed, progress, address) ->
 
     from workflows.ray_generate import describe_on, run_shards, start_actors
 
-    if not ray.is_initialized():
-        # RAY_ADDRESS is set inside `ray job submit`; otherwise a private local cluster (dashboard on 127.0.0.1), never
-        # a stale "latest cluster" left on this machine. `--address auto` joins one started with `ray start`.
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+    ensure_ray(address)
     actors = start_actors(cfg, max_actors=max(len(todo), 1))
     if not resumed:
         create_store(cfg, plan, describe_on(actors[0]))
@@ -201,8 +199,8 @@ def run_command(args: argparse.Namespace, stages: tuple[str, ...] = STAGES) -> i
     try:
         overrides = list(args.set) + ([f"output={args.output}"] if args.output else [])
         cfg = load_config(args.config, overrides)
-        if args.address is None and not args.no_ray and len(stages) > 1:
-            _start_ray(args)
+        if not args.no_ray:
+            ensure_ray(args.address)  # one Ray session for every stage of this command
         chosen = [s for s in stages if len(stages) == 1 or s in cfg.stages]
         for stage in chosen:
             if not run_stage(stage, cfg, args):
@@ -213,16 +211,6 @@ def run_command(args: argparse.Namespace, stages: tuple[str, ...] = STAGES) -> i
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-def _start_ray(args: argparse.Namespace) -> None:
-    """One Ray session for every stage of `sceneprobe run` (joins RAY_ADDRESS inside `ray job submit`)."""
-    import ray
-
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or "local"
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
-        args.address = address
 
 
 def status_command(args: argparse.Namespace) -> int:
