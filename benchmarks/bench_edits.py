@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=128, help="Adam iterations of the paper's edit")
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--methods", default="closed-form,paper,random", help="any of closed-form, paper, random")
+    p.add_argument("--strengths", default="1", help="edit strengths (a' - a scaled), comma-separated: a dose sweep")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -107,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                                           edit_steps)  # acts: hook -> (image, step, h, w, c), steps as edit_steps
     masks = (labeler(train_images) > 0.5).astype(np.float32)
     probes = {(h, s): fit_probe(acts[h][:, k], masks, "saliency") for h in hooks for k, s in enumerate(edit_steps)}
-    print(f"probes fit in {time.perf_counter() - t0:.1f}s", flush=True)
+    act_norm = float(np.mean([np.linalg.norm(a.astype(np.float32), axis=-1).mean() for a in acts.values()]))
+    print(f"probes fit in {time.perf_counter() - t0:.1f}s; mean activation norm per position at the edited layers "
+          f"{act_norm:.2f}", flush=True)
 
     # 2. Held-out images, their masks and targets.
     test_seeds = list(range(1_000_000, 1_000_000 + args.test))
@@ -117,16 +120,19 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. Every method on the same images and targets.
     results = {}
-    for method in args.methods.split(","):
-        gains, after, before, success, edit_s, total_s = [], [], [], [], 0.0, 0.0
+    for method, strength in [(m, float(k)) for k in args.strengths.split(",") for m in args.methods.split(",")]:
+        name = method if strength == 1.0 else f"{method} x{strength:g}"
+        gains, after, before, success, norms, edit_s, total_s = [], [], [], [], [], 0.0, 0.0
         for i, (prompt, seed) in enumerate(zip(prompts, test_seeds)):
             targets = make_targets(originals[i], moves[i], "saliency")
             stats = EditStats(norm=np.zeros(len(targets)))
             start = time.perf_counter()
             images = run_edits(model, probes, method, targets, prompt, seed, "saliency", hooks=hooks,
-                               steps=edit_steps, lr=args.lr, iters=args.iters, stats=stats, image=i)
+                               steps=edit_steps, lr=args.lr, iters=args.iters, strength=strength, stats=stats,
+                               image=i)
             total_s += time.perf_counter() - start
             edit_s += stats.seconds
+            norms.append(stats.norm.mean() / max(stats.calls, 1))
             s = score("saliency", labeler(images), originals[i], targets)
             gains.append(s["gain"].mean())
             after.append(s["score_after"].mean())
@@ -134,14 +140,16 @@ def main(argv: list[str] | None = None) -> int:
             success.append((s["gain"] > 0).mean())
         n = args.test * args.targets
         gain = bootstrap_ci(gains)
-        results[method] = {"edits": n, "edit_seconds_per_edit": edit_s / n, "seconds_per_edit": total_s / n,
+        results[name] = {"edits": n, "strength": strength, "edit_seconds_per_edit": edit_s / n, "seconds_per_edit": total_s / n,
                            "dice_before": float(np.mean(before)), "dice_after": float(np.mean(after)),
                            "gain": gain.mean, "gain_lo": gain.lo, "gain_hi": gain.hi,
-                           "success": float(np.mean(success))}
-        r = results[method]
-        print(f"{method:11s} {n} edits: {r['edit_seconds_per_edit'] * 1e3:9.1f} ms/edit in edits, "
+                           "success": float(np.mean(success)), "edit_norm": float(np.mean(norms)),
+                           "activation_norm": act_norm}
+        r = results[name]
+        print(f"{name:15s} {n} edits: {r['edit_seconds_per_edit'] * 1e3:9.1f} ms/edit in edits, "
               f"{r['seconds_per_edit']:7.3f} s/edit in total; Dice {r['dice_before']:.3f} -> {r['dice_after']:.3f} "
-              f"(gain {r['gain']:+.3f} [{r['gain_lo']:+.3f}, {r['gain_hi']:+.3f}]), success {r['success']:.2f}",
+              f"(gain {r['gain']:+.3f} [{r['gain_lo']:+.3f}, {r['gain_hi']:+.3f}]), success {r['success']:.2f}, "
+              f"edit norm {r['edit_norm']:.2f}",
               flush=True)
     if "closed-form" in results and "paper" in results:
         cf, pa = results["closed-form"], results["paper"]

@@ -34,6 +34,15 @@ def position_prediction(mean_map: np.ndarray, n_images: int, h: int, w: int) -> 
     return np.broadcast_to(small, (n_images, h, w))
 
 
+def with_position(acts: np.ndarray, mean_map: np.ndarray) -> np.ndarray:
+    """`(image, h, w, c + 1)`: activations `(image, h, w, c)` with the mean label map `(H, W)`, area-averaged to
+    `(h, w)`, appended as a channel. A probe on these gets position for free, so whatever it scores beyond the map
+    (R2 beyond position) comes from the activations; a probe on the activations alone must rediscover position."""
+    n, h, w, _ = acts.shape
+    small = downsample_area(np.asarray(mean_map, np.float32)[None], h, w)[0].astype(acts.dtype)
+    return np.concatenate([acts, np.broadcast_to(small[None, :, :, None], (n, h, w, 1))], axis=-1)
+
+
 def derangement(n: int, seed: int) -> np.ndarray:
     """A seeded permutation of range(n) with no fixed points (n >= 2): a random cycle order, each image taking the
     next image's label."""

@@ -90,29 +90,34 @@ def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 1e-12 * a.shape[1], r, np.nan)
 
 
-def depth_metrics(pred: np.ndarray, truth: np.ndarray, mean_map: np.ndarray) -> dict[str, np.ndarray]:
+def r2_beyond_position(pred: np.ndarray, truth: np.ndarray, mean_map: np.ndarray) -> np.ndarray:
+    """Per-image `1 - sum (truth - pred)^2 / sum (truth - mean_map)^2` for `(image, pixels)` float64 arrays and a
+    `(1, pixels)` map: the R2 of the depth's deviation from the mean map explained by the prediction's deviation from
+    it (no refitting). The mean map scores 0, the truth 1, worse than the mean map is negative; NaN when truth == map."""
+    sse = ((truth - pred) ** 2).sum(1)
+    sst = ((truth - mean_map) ** 2).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sst > 0, 1 - sse / sst, np.nan)
+
+
+def depth_metrics(pred: np.ndarray, truth: np.ndarray, mean_map: np.ndarray,
+                  positioned: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-image depth metrics for `(image, H, W)` predictions and truth in standardised units, `mean_map (H, W)`.
 
     rmse: sqrt(mean (truth - pred)^2). pearson / spearman (Pearson of average ranks): NaN when either map is constant.
-    r2_beyond_position: 1 - sum (truth - pred)^2 / sum (truth - mean_map)^2, i.e. the R2 of the depth's deviation from
-    the training split's mean depth map (truth - m) explained by the prediction's deviation from it (pred - m), with no
-    refitting of scale or offset. The mean map itself scores exactly 0, the truth 1, anything worse than the mean map
-    is negative. NaN when truth equals the mean map everywhere."""
+    r2_beyond_position: `r2_beyond_position` of `pred`, or of `positioned (image, H, W)` when given: the prediction of
+    a probe that also sees the mean map as an input channel (`baselines.with_position`)."""
     n = len(pred)
     p = pred.reshape(n, -1).astype(np.float64)
     t = truth.reshape(n, -1).astype(np.float64)
     m = mean_map.reshape(1, -1).astype(np.float64)
-    sse = ((t - p) ** 2).sum(1)
-    sst = ((t - m) ** 2).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r2 = np.where(sst > 0, 1 - sse / sst, np.nan)
-    constant = np.ptp(t, axis=1) == 0
+    q = p if positioned is None else positioned.reshape(n, -1).astype(np.float64)
     return {
-        "rmse": np.sqrt(sse / t.shape[1]),
+        "rmse": np.sqrt(((t - p) ** 2).mean(1)),
         "pearson": _pearson_rows(p, t),
         "spearman": _pearson_rows(rankdata(p, axis=1), rankdata(t, axis=1)),
-        "r2_beyond_position": r2,
-        "constant_truth": constant,
+        "r2_beyond_position": r2_beyond_position(q, t, m),
+        "constant_truth": np.ptp(t, axis=1) == 0,
     }
 
 
@@ -181,11 +186,14 @@ def score_depth(
     n_boot: int = 2000,
     seed: int = 0,
     images_per_chunk: int = 16,
+    positioned: np.ndarray | None = None,
 ) -> Scores:
     """Score depth predictions `(image, h, w)` against depth `(image, H, W)`, both standardised with the training
     split's mean and std (`DepthScaler`); `mean_map (H, W)` is the training split's mean standardised depth map
     (`baselines.position_map`), area-averaged to (h, w) for the layer resolution.
     Keys: f"{res}/rmse", f"{res}/pearson", f"{res}/spearman", f"{res}/r2_beyond_position".
+    positioned: layer-resolution predictions `(image, h, w)` of a probe that also sees the mean map as an input
+    channel (`baselines.with_position`); when given, R2 beyond position scores it instead of `pred`.
     Flags: n_nonfinite, n_constant_depth (Spearman/Pearson undefined there, excluded and counted)."""
     h, w = pred.shape[-2:]
     maps = {"image": np.asarray(mean_map, np.float32),
@@ -195,13 +203,17 @@ def score_depth(
     for s in range(0, len(pred), images_per_chunk):
         pr = np.asarray(pred[s : s + images_per_chunk], np.float32)
         bad = _nonfinite(pr, on_nonfinite, s)
+        if positioned is not None:
+            rr = np.asarray(positioned[s : s + images_per_chunk], np.float32)
+            bad |= _nonfinite(rr, on_nonfinite, s)
         flags["n_nonfinite"] += int(bad.sum())
         tr = np.asarray(depth[s : s + images_per_chunk], np.float32)
         if not np.isfinite(tr).all():
             raise NonFiniteError("depth", [s + int(i) for i in np.flatnonzero(~np.isfinite(tr).all((1, 2)))])
         for res in resolutions:
             p, t = _layer_and_image(np.where(bad[:, None, None], 0.0, pr), tr, res)
-            d = depth_metrics(p, t, maps[res])
+            q = None if positioned is None else _layer_and_image(np.where(bad[:, None, None], 0.0, rr), tr, res)[0]
+            d = depth_metrics(p, t, maps[res], q)
             if res == resolutions[0]:
                 flags["n_constant_depth"] += int(d["constant_truth"].sum())
             for k in ("rmse", "pearson", "spearman", "r2_beyond_position"):

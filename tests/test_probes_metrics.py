@@ -104,3 +104,24 @@ def test_depth_scaler_uses_given_split():
     z = sc.transform(d)
     assert abs(z.mean()) < 1e-5 and z.std() == pytest.approx(1.0, rel=1e-5)
     np.testing.assert_allclose(sc.inverse(z), d, rtol=1e-5)
+
+
+def test_r2_beyond_position_scores_the_positioned_probe_when_given():
+    """A depth probe that misses position (predicts 0) and a positioned probe that finds map + deviation: R2 is the
+    positioned probe's, while RMSE/Spearman stay the plain prediction's."""
+    rng = np.random.default_rng(2)
+    m = np.linspace(-1, 1, 8)[:, None].repeat(8, 1).astype(np.float32)  # a "ground plane" ramp
+    dev = rng.standard_normal((6, 8, 8)).astype(np.float32)
+    t = m + dev
+    plain = score_depth(np.zeros_like(t), t, m, resolutions=("image",), n_boot=50)
+    assert plain.estimates["image/r2_beyond_position"].mean < -0.1  # worse than the free mean map
+    good = score_depth(np.zeros_like(t), t, m, resolutions=("image",), n_boot=50, positioned=t)
+    assert good.estimates["image/r2_beyond_position"].mean == pytest.approx(1.0)
+    assert good.estimates["image/rmse"].mean == pytest.approx(plain.estimates["image/rmse"].mean)
+    none = score_depth(np.zeros_like(t), t, m, resolutions=("image",), n_boot=50,
+                       positioned=np.broadcast_to(m, t.shape))
+    assert none.estimates["image/r2_beyond_position"].mean == pytest.approx(0.0, abs=1e-6)
+    bad = t.copy()
+    bad[2, 0, 0] = np.nan
+    flagged = score_depth(t, t, m, resolutions=("image",), n_boot=50, positioned=bad, on_nonfinite="flag")
+    assert flagged.flags["n_nonfinite"] == 1 and np.isnan(flagged.per_image["image/rmse"][2])

@@ -16,7 +16,7 @@ from workflows.figures import Series, heatmap_svg, line_chart_svg, ramp
 from workflows.report import COMMANDS, build_report, hook_order
 
 HOOKS = ["down_0_0", "mid_0", "up_1_0", "up_3_2"]
-COLUMNS = [m + s for m in ("dice", "rmse") for s in ("", "_lo", "_hi")]
+COLUMNS = [m + s for m in ("dice", "r2_pos") for s in ("", "_lo", "_hi")]
 
 
 class Tags(HTMLParser):
@@ -44,13 +44,13 @@ def fake_metric_rows(steps: int = 4) -> list[dict]:
         for hook in HOOKS:
             for step in range(steps):
                 base = 0.5 + 0.1 * step if variant == "ldm" else 0.3
-                for target, metric, value in (("saliency", "dice", base), ("depth", "rmse", 1.2 - base)):
+                for target, metric, value in (("saliency", "dice", base), ("depth", "r2_pos", base - 0.3)):
                     v = value + rng.normal(0, 0.01)
                     rows.append({"variant": variant, "hook": hook, "step": step, "target": target, "mode": "ours",
                                  **dict.fromkeys(COLUMNS), metric: v, f"{metric}_lo": v - 0.05,
                                  f"{metric}_hi": v + 0.05, "n_train": 30,
                                  "n_test": 10, "error": None})
-    for target, metric in (("saliency", "dice"), ("depth", "rmse")):
+    for target, metric in (("saliency", "dice"), ("depth", "r2_pos")):
         rows.append({"variant": "position", "hook": "-", "step": -1, "target": target, "mode": "-",
                      **dict.fromkeys(COLUMNS), metric: 0.4,
                      f"{metric}_lo": 0.35, f"{metric}_hi": 0.45, "n_train": 30, "n_test": 10, "error": None})
@@ -81,7 +81,7 @@ def test_probes_only_output_shows_figures_and_says_what_is_missing(tmp_path):
         assert COMMANDS[stage] in text
     assert tags.imgs == []
     # The best-probe table picks the last step for the LDM (dice rises with step).
-    for target in ("saliency", "depth"):  # dice rises and RMSE falls with step for the LDM
+    for target in ("saliency", "depth"):  # dice and R2 rise with step for the LDM
         best = re.search(rf"<td>{target}</td><td>ldm</td><td>(\w+)</td><td>(\d+)</td>", text)
         assert best and best.group(2) == "3", target
     assert text.count(">n/a<") == 0

@@ -90,6 +90,31 @@ def test_tokenizer_one_token_per_word_and_round_trip(tmp_path):
         assert tok.decode(ids, skip_special_tokens=True) == caption
 
 
+def test_tokenizer_ids_do_not_depend_on_hash_order(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from ldm.toy.tokenizer import build_vocab; from ldm.toy.captions import VOCABULARY; "
+            "print(json.dumps(build_vocab(sorted(VOCABULARY))[0]))")
+    repo = Path(__file__).resolve().parents[1]
+    outs = {subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
+            for seed in (1, 2, 3)}
+    assert len(outs) == 1
+
+
+def test_tokenizer_reuse_keeps_existing_ids(tmp_path):
+    import json
+
+    fresh = build_tokenizer(WORDS, tmp_path).get_vocab()
+    vocab = json.loads((tmp_path / "vocab.json").read_text())
+    vocab["cube</w>"], vocab["sphere</w>"] = vocab["sphere</w>"], vocab["cube</w>"]  # a numbering an earlier build wrote
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    assert build_tokenizer(WORDS, tmp_path, reuse=True).get_vocab()["cube</w>"] == fresh["sphere</w>"]
+    assert build_tokenizer(WORDS, tmp_path).get_vocab()["cube</w>"] == fresh["cube</w>"]
+
+
 def test_latent_channel_normalisation_is_exact_and_invertible():
     torch.manual_seed(0)
     model = build_toy_ldm(WORDS, "/tmp/sceneprobe-test-tok", tiny_config())

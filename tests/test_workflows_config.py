@@ -15,7 +15,7 @@ def write(tmp_path, text, name="run.yaml"):
 
 def test_shipped_toy_config_is_the_default_run():
     cfg = load_config(REPO / "configs" / "toy.yaml")
-    assert (cfg.model, cfg.steps, cfg.num_images, cfg.prompts.source) == ("toy", 15, 48, "toy")
+    assert (cfg.model, cfg.steps, cfg.num_images, cfg.prompts.source) == ("toy", 15, 96, "toy")
     assert cfg.shard_size % cfg.batch_size == 0 and cfg.extras == ["latent"]
 
 

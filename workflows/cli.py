@@ -51,6 +51,26 @@ def cmd_animate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_toy_train(args: argparse.Namespace) -> int:
+    """Retrain the embedded toy world from scratch: the labelers, then the LDM (docs/toy-ldm.md)."""
+    from ldm.toy import train_labelers, train_ldm
+
+    if not (args.skip_labelers or args.resume):
+        train_labelers.main(["--threads", str(args.threads)])
+    train_ldm.main(["--out", args.out, "--state-dir", args.state_dir, "--unet-steps", str(args.unet_steps),
+                    "--max-minutes", str(args.max_minutes), "--threads", str(args.threads)]
+                   + (["--resume"] if args.resume else []))
+    return 0
+
+
+def cmd_toy_quality(args: argparse.Namespace) -> int:
+    """Measure the toy LDM on held-out captions (object found, colour match) and write the contact sheet."""
+    from ldm.toy import quality
+
+    quality.main(["--model", args.model, "--n", str(args.n), "--sheet", args.sheet, "--json", args.json])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sceneprobe", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
@@ -86,6 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--out", default=None, help="GIF path (default: <run>/interventions/moving_object.gif)")
     animate.add_argument("--device", default="auto")
     animate.set_defaults(func=cmd_animate)
+
+    toy = sub.add_parser("toy", help="the embedded toy world: retrain it, measure it").add_subparsers(
+        dest="toy_command", required=True)
+    train = toy.add_parser("train", help="retrain the toy labelers and the toy LDM from scratch (hours on 2 cores)")
+    train.add_argument("--out", default="ldm/toy/checkpoint", help="where the LDM pipeline folder goes")
+    train.add_argument("--state-dir", default="runs/toy-ldm-state", help="resumable training state")
+    train.add_argument("--unet-steps", type=int, default=20000)
+    train.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock cap (0 = none); resume later")
+    train.add_argument("--threads", type=int, default=1)
+    train.add_argument("--resume", action="store_true", help="continue the LDM from --state-dir (labelers kept)")
+    train.add_argument("--skip-labelers", action="store_true", help="keep the shipped labelers")
+    train.set_defaults(func=cmd_toy_train)
+    quality = toy.add_parser("quality", help="measure a toy LDM on 256 held-out captions; write the contact sheet")
+    quality.add_argument("--model", default="toy")
+    quality.add_argument("--n", type=int, default=256)
+    quality.add_argument("--sheet", default="", help="contact sheet PNG path (64 samples with their labels)")
+    quality.add_argument("--json", default="", help="write the numbers here")
+    quality.set_defaults(func=cmd_toy_quality)
 
     # run / generate / status: workflows.run (the same entry point as `python -m workflows.run` for `ray job submit`)
     from workflows.run import STAGES, add_arguments, run_command, status_command

@@ -57,13 +57,16 @@ def make_edit_fn(
     lr: float = 5e-3,
     iters: int = 128,
     random_reference: str = "closed-form",
+    strength: float = 1.0,
     seed: int = 0,
     image: int = 0,
     stats: EditStats | None = None,
 ) -> EditFn:
     """An `ldm.edit` function applying `method` with the probe of each (hook, step) to reach `targets (batch, H, W)`
     (saliency: 0/1 masks; depth: the probes' standardised units). Targets stay at image resolution: the closed form
-    area-averages them to the layer, the optimised edit compares nearest-upsampled probe outputs, as the paper does."""
+    area-averages them to the layer, the optimised edit compares nearest-upsampled probe outputs, as the paper does.
+    `strength` scales every edit `a' - a` (1 = exactly what the method computes); the random control copies the
+    scaled norm."""
     if method not in METHODS:
         raise ValueError(f"unknown edit method {method!r}; choose one of {', '.join(METHODS)}")
     on_device: dict[torch.device, torch.Tensor] = {}  # the targets, moved to the activations' device once
@@ -73,8 +76,12 @@ def make_edit_fn(
             on_device[act.device] = torch.from_numpy(np.ascontiguousarray(targets, np.float32)).to(act.device)
         t = on_device[act.device]
         if how == "paper":
-            return optimise_edit(act, probe, t, lr=lr, iters=iters)
-        return closed_form_edit(act, probe.raw_weight, probe.raw_bias, t, kind=task)
+            new = optimise_edit(act, probe, t, lr=lr, iters=iters)
+        else:
+            new = closed_form_edit(act, probe.raw_weight, probe.raw_bias, t, kind=task)
+        if strength == 1.0:
+            return new
+        return (act.float() + strength * (new.float() - act.float())).to(act.dtype)
 
     def fn(step: int, name: str, act: torch.Tensor) -> torch.Tensor:
         probe = probes[(name, step)]
@@ -110,6 +117,7 @@ def run_edits(
     lr: float = 5e-3,
     iters: int = 128,
     random_reference: str = "closed-form",
+    strength: float = 1.0,
     edit_seed_base: int = 0,
     image: int = 0,
     stats: EditStats | None = None,
@@ -121,7 +129,7 @@ def run_edits(
         raise KeyError(f"no probe for {', '.join(f'{h}@{s}' for h, s in missing)}")
     n = len(targets)
     fn = make_edit_fn(probes, method, targets, task, lr=lr, iters=iters, random_reference=random_reference,
-                      seed=edit_seed_base, image=image, stats=stats)
+                      strength=strength, seed=edit_seed_base, image=image, stats=stats)
     with edit(model, fn, hooks=list(hooks), steps=list(steps)):
         return model.generate([prompt] * n, [int(seed)] * n)
 

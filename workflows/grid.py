@@ -23,7 +23,7 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from ldm.errors import UserError
-from probes.baselines import fit_control_probe, position_map, position_prediction
+from probes.baselines import fit_control_probe, position_map, position_prediction, with_position
 from probes.chunks import NonFiniteError
 from probes.fit import fit_probe
 from probes.linear import LinearProbe
@@ -42,7 +42,7 @@ SCHEMA = pa.schema(
     [("variant", pa.string()), ("hook", pa.string()), ("step", pa.int32()), ("target", pa.string()),
      ("mode", pa.string()), ("n_train", pa.int32()), ("n_test", pa.int32())]
     + [(m, pa.float64()) for m in _METRICS]
-    + [("alpha", pa.float64()), ("fit_seconds", pa.float64()), ("error", pa.string())]
+    + [("train_score", pa.float64()), ("alpha", pa.float64()), ("fit_seconds", pa.float64()), ("error", pa.string())]
 )
 
 
@@ -127,31 +127,53 @@ def _metric_columns(scores: Scores) -> dict[str, float]:
     return row
 
 
-def score_prediction(target: str, pred: np.ndarray, data: GridData) -> Scores:
-    """Score test predictions `(image, h, w)` for `target` (probability for saliency, standardised depth)."""
-    truth = data.labels[target][1]
+HEADLINE = {"saliency": "image/dice_fg", "depth": "image/r2_beyond_position"}  # what `train_score` measures
+
+
+def score_prediction(target: str, pred: np.ndarray, data: GridData, positioned: np.ndarray | None = None,
+                     split: int = 1) -> Scores:
+    """Score predictions `(image, h, w)` for `target` (probability for saliency, standardised depth) on the test
+    (`split=1`) or training (`split=0`: image resolution, no bootstrap) images; `positioned`: the depth probe's with
+    the mean map as an extra channel, for R2 beyond position."""
+    truth = data.labels[target][split]
+    kw = {"n_boot": data.n_boot, "seed": data.seed} if split else {"n_boot": 1, "resolutions": ("image",)}
     if target == "saliency":
-        return score_saliency(pred, truth, n_boot=data.n_boot, seed=data.seed)
-    return score_depth(pred, truth, data.mean_maps["depth"], n_boot=data.n_boot, seed=data.seed)
+        return score_saliency(pred, truth, **kw)
+    return score_depth(pred, truth, data.mean_maps["depth"], positioned=positioned, **kw)
 
 
 def fit_and_score(acts_train: np.ndarray, acts_test: np.ndarray, target: str, data: GridData,
                   shuffled: bool = False) -> tuple[dict, LinearProbe | None]:
     """Fit one probe on `(image, h, w, c)` training activations and score it on the test activations.
 
-    Returns the metric columns (with `error` set instead when the probe cannot be fit or scored) and the probe.
+    Depth also gets a second probe that sees the training mean depth map as one more input channel; its predictions
+    score R2 beyond position. A probe of depth alone must rediscover position from the activations and any miss counts
+    against it although the map is free, so only the positioned probe measures what the activations add.
+    `train_score`: the headline metric (`HEADLINE`) on the training images, so layers can be chosen without the test
+    split. Returns the metric columns (with `error` set instead when the probe cannot be fit or scored) and the probe.
     """
     start = time.perf_counter()
-    train_labels = data.labels[target][0]
-    try:
+    labels = data.labels[target][0]
+
+    def fit(acts: np.ndarray) -> LinearProbe:
         if shuffled:
-            probe = fit_control_probe(acts_train, train_labels, target, seed=data.seed, mode=data.mode)
-        else:
-            probe = fit_probe(acts_train, train_labels, target, mode=data.mode, seed=data.seed)
-        row = _metric_columns(score_prediction(target, probe.predict(acts_test), data))
+            return fit_control_probe(acts, labels, target, seed=data.seed, mode=data.mode)
+        return fit_probe(acts, labels, target, mode=data.mode, seed=data.seed)
+
+    try:
+        probe = fit(acts_train)
+        positioned = [None, None]  # (train, test) predictions of the depth probe that also sees the mean map
+        if target == "depth":
+            m = data.mean_maps["depth"]
+            aug_train = with_position(acts_train, m)
+            pos_probe = fit(aug_train)
+            positioned = [pos_probe.predict(aug_train), pos_probe.predict(with_position(acts_test, m))]
+        row = _metric_columns(score_prediction(target, probe.predict(acts_test), data, positioned[1]))
+        train = score_prediction(target, probe.predict(acts_train), data, positioned[0], split=0)
     except NonFiniteError as err:
         return {"error": f"non-finite values: {err}", "fit_seconds": time.perf_counter() - start}, None
-    row.update(alpha=probe.alpha, fit_seconds=time.perf_counter() - start, error=None)
+    row.update(train_score=train.estimates[HEADLINE[target]].mean, alpha=probe.alpha,
+               fit_seconds=time.perf_counter() - start, error=None)
     return row, probe
 
 
@@ -196,7 +218,7 @@ def position_rows(data: GridData) -> list[dict]:
         if target == "saliency":
             pred = np.ascontiguousarray(pred)
         rows.append(dict(variant="position", hook="-", step=-1, target=target, mode="-", n_train=len(data.train),
-                         n_test=len(data.test), alpha=np.nan, fit_seconds=0.0, error=None,
+                         n_test=len(data.test), train_score=np.nan, alpha=np.nan, fit_seconds=0.0, error=None,
                          **_metric_columns(score_prediction(target, pred, data))))
     return rows
 

@@ -57,6 +57,7 @@ class InterventionConfig:
     lr: float = 5e-3  # paper edits: Adam learning rate
     iters: int = 128  # paper edits: Adam iterations
     random_reference: str = "closed-form"  # the edit whose per-position norm the random control copies
+    strength: float = 1.0  # every edit a' - a is scaled by this (the random control copies the scaled norm)
     max_images: int | None = None  # None: every test image; else the first N (quick looks)
     actors: int | None = None  # Ray: None = one per GPU, or one per `cpus_per_actor` CPUs
     cpus_per_actor: int = 1
@@ -84,7 +85,7 @@ class InterventionConfig:
         return {"saliency_hooks": self.saliency_hooks, "saliency_steps": list(self.saliency_steps),
                 "depth_hooks": self.depth_hooks, "depth_steps": list(self.depth_steps),
                 "targets": vars(self.targets).copy(), "variant": self.variant, "lr": self.lr,
-                "iters": self.iters, "random_reference": self.random_reference}
+                "iters": self.iters, "random_reference": self.random_reference, "strength": self.strength}
 
 
 def default_hooks(task: str, unet_hooks: Sequence[str]) -> list[str]:
@@ -134,8 +135,8 @@ def run_unit(worker: Worker, unit: Unit) -> list[dict]:
     start = time.perf_counter()
     images = run_edits(worker.model, worker.probes[task], unit.method, targets, unit.prompt, unit.seed, task,
                        hooks=worker.hooks[task], steps=cfg.steps(task), lr=cfg.lr, iters=cfg.iters,
-                       random_reference=cfg.random_reference, edit_seed_base=cfg.targets.seed, image=unit.image,
-                       stats=stats)
+                       random_reference=cfg.random_reference, strength=cfg.strength,
+                       edit_seed_base=cfg.targets.seed, image=unit.image, stats=stats)
     seconds = time.perf_counter() - start
     new = standardise(task, worker.labelers[task](images), worker.scaler)
     scores = score(task, new, original, targets)
@@ -263,7 +264,7 @@ def prepare_store(output: str, cfg: InterventionConfig, inputs: StageInputs, fre
     stored = read_file(output, f"{ROOT}/config.json")
     current = cfg.data_fields()
     if stored is not None and not fresh:
-        old = json.loads(stored)
+        old = {"strength": 1.0, **json.loads(stored)}  # stages recorded before `strength` existed used 1.0
         diff = [k for k in current if old.get(k) != current[k]]
         if diff:
             raise UserError(f"{output}/{ROOT} holds interventions made with other settings ({', '.join(diff)}); "

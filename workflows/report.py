@@ -23,10 +23,11 @@ import pyarrow.parquet as pq
 
 from ldm.errors import UserError
 from probes.resample import upsample_nearest
+from workflows.findings import HEADLINE, LATENT, check_claim, compare, select_hook
 from workflows.figures import PALETTE, Series, depth_image, heatmap_svg, line_chart_svg, mask_image, png_bytes
 from workflows.store import read_file, stored_config
 
-PRIMARY = {"saliency": ("dice", "higher", "Dice"), "depth": ("rmse", "lower", "RMSE (standardised)")}
+PRIMARY = {"saliency": ("dice", "higher", "Dice"), "depth": ("r2_pos", "higher", "R2 beyond position")}
 VARIANTS = ("ldm", "permuted", "shuffled")
 VARIANT_NAMES = {"ldm": "LDM", "permuted": "permuted-weights control", "shuffled": "shuffled-label control"}
 COMMANDS = {  # what produces each input (the same names as the other stages' error messages)
@@ -147,9 +148,13 @@ def probe_heatmaps(page: Page, rows: list[dict] | None) -> None:
                           f"for all variants.{html.escape(note)}</p><div class='row'>{''.join(figures)}</div>")
 
 
-def best_hook(rows: list[dict], target: str, metric: str, better: str) -> str | None:
-    """The LDM hook with the best metric averaged over steps (for display; every hook is in the heatmaps)."""
-    values, hooks, _, _ = grid_of(rows, target, "ldm", metric)
+def best_hook(rows: list[dict], target: str, metric: str, better: str, variant: str = "ldm") -> str | None:
+    """The layer of `variant` chosen on the training split (`workflows.findings.select_hook`); for metrics written
+    before `train_score` existed, the one with the best test metric averaged over steps (display only)."""
+    hook = select_hook(rows, target, variant)
+    if hook is not None:
+        return hook
+    values, hooks, _, _ = grid_of(rows, target, variant, metric)
     if not hooks:
         return None
     ok = np.isfinite(values)
@@ -167,16 +172,19 @@ def probe_curves(page: Page, rows: list[dict] | None) -> None:
         hook = best_hook(rows, target, metric, better)
         if hook is None:
             continue
+        lines = {"ldm": ("LDM", "ldm", hook), "shuffled": ("shuffled", "shuffled", hook),
+                 "permuted": ("permuted", "permuted", best_hook(rows, target, metric, better, "permuted")),
+                 "latent": ("x_t", "ldm", LATENT)}
         series = []
-        for k, variant in enumerate(VARIANTS):
-            sel = sorted((r for r in rows if r["target"] == target and r["variant"] == variant and r["hook"] == hook),
+        for k, (name, variant, at) in enumerate(lines.values()):
+            sel = sorted((r for r in rows if r["target"] == target and r["variant"] == variant and r["hook"] == at),
                          key=lambda r: r["step"])
             if sel:
                 def get(key: str, sel: list[dict] = sel) -> np.ndarray:
                     return np.array([np.nan if r.get(key) is None else r[key] for r in sel], float)
 
-                series.append(Series(VARIANT_NAMES[variant].split(" ")[0], get("step"), get(metric),
-                                     get(f"{metric}_lo"), get(f"{metric}_hi"), PALETTE[k]))
+                series.append(Series(f"{name} ({at})", get("step"), get(metric), get(f"{metric}_lo"),
+                                     get(f"{metric}_hi"), PALETTE[k]))
         position = [r for r in rows if r["target"] == target and r["variant"] == "position"]
         if position and series and position[0].get(metric) is not None:
             steps = series[0].x
@@ -187,8 +195,9 @@ def probe_curves(page: Page, rows: list[dict] | None) -> None:
         for i, h in enumerate(hooks):
             by_hook.append(Series(h, np.array(steps, float), values[i]))
         page.parts.append(
-            f"<h3>{target}</h3><p>Left: {label} at <code>{hook}</code> (the LDM layer best on average over steps) "
-            "with 95% bootstrap intervals over test images, against the controls. Right: every LDM layer.</p>"
+            f"<h3>{target}</h3><p>Left: {label} at <code>{hook}</code> (the LDM layer best on the training split, "
+            "averaged over steps; the permuted control at its own best layer; x_t the noisy latent) with 95% "
+            "bootstrap intervals over test images. Right: every LDM layer.</p>"
             "<div class='row'>"
             + line_chart_svg(series, title=f"{target} at {hook}", xlabel="denoising step", ylabel=label)
             + line_chart_svg(by_hook, title=f"{target}: every layer", xlabel="denoising step", ylabel=label,
@@ -313,6 +322,30 @@ def animation(page: Page) -> None:
                       "alt='moving object'></figure>")
 
 
+def finding(page: Page, rows: list[dict] | None) -> None:
+    """The LDM's training-split-chosen layer against the permuted control and x_t, step by step."""
+    if not rows:
+        return
+    page.parts.append("<h2>Finding: the LDM against its controls</h2><p>Per step, the test metric at the layer chosen "
+                      "on the training split (never the test split), and the LDM's margin over the permuted-weights "
+                      "control (at its own best layer) and the noisy latent x_t. <code>python -m workflows.findings "
+                      "RUN</code> prints the same as Markdown.</p>")
+    for target, (metric, label) in HEADLINE.items():
+        hooks, table = compare(rows, target)
+        if hooks["ldm"] is None:
+            continue
+        claim = check_claim(table)
+        cells = [{"step": t.step, "LDM": t.ldm[0], "lo": t.ldm[1], "hi": t.ldm[2], "permuted": t.permuted[0],
+                  "x_t": t.latent[0], "LDM - permuted": t.margin("permuted"), "LDM - x_t": t.margin("latent")}
+                 for t in table]
+        page.parts.append(
+            f"<h3>{target}: {html.escape(label)}</h3><p>LDM layer <code>{hooks['ldm']}</code>, permuted "
+            f"<code>{hooks['permuted']}</code>. Margin of at least 0.15 over the permuted control from step 3 on: "
+            f"<b>{'yes' if claim['vs_permuted'] else 'no'}</b>; over x_t in steps 2-7: "
+            f"<b>{'yes' if claim['vs_latent'] else 'no'}</b>.</p>"
+            + html_table(cells, ["step", "LDM", "lo", "hi", "permuted", "x_t", "LDM - permuted", "LDM - x_t"]))
+
+
 def tables(page: Page, rows: list[dict] | None) -> None:
     page.parts.append("<h2>Tables</h2>")
     if not rows:
@@ -346,6 +379,7 @@ def build_report(output: str, examples: int = 4, out: str | None = None) -> Path
     overview(page, cfg, probes, inter)
     probe_heatmaps(page, probes)
     probe_curves(page, probes)
+    finding(page, probes)
     predictions(page, probes, cfg, examples)
     interventions(page, cfg, examples)
     animation(page)

@@ -129,11 +129,13 @@ class ToyLDM:
     tokenizer: CLIPTokenizer
 
 
-def build_toy_ldm(words: list[str], tokenizer_dir: str | Path, cfg: ToyLDMConfig | None = None, seed: int = 0) -> ToyLDM:
-    """Randomly initialised toy LDM; `words` is the caption vocabulary the tokenizer is built for."""
+def build_toy_ldm(words: list[str], tokenizer_dir: str | Path, cfg: ToyLDMConfig | None = None, seed: int = 0,
+                  reuse_tokenizer: bool = False) -> ToyLDM:
+    """Randomly initialised toy LDM; `words` is the caption vocabulary the tokenizer is built for (or, with
+    `reuse_tokenizer`, the one already in `tokenizer_dir`)."""
     cfg = cfg or ToyLDMConfig()
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(words, tokenizer_dir)
+    tokenizer = build_tokenizer(words, tokenizer_dir, reuse=reuse_tokenizer)
     return ToyLDM(
         vae=build_vae(cfg.vae),
         unet=build_unet(cfg.unet),

@@ -1,7 +1,7 @@
 """A tiny CLIP-format BPE tokenizer for the toy world's caption vocabulary.
 
 Stock `CLIPTokenizer` loads from a folder holding `vocab.json` + `merges.txt`, so the toy pipeline stays loadable by
-`StableDiffusionPipeline.from_pretrained`. We learn the merges with the `tokenizers` BPE trainer on the caption words
+`StableDiffusionPipeline.from_pretrained`. We learn the merges with a small deterministic BPE on the caption words
 (so every vocabulary word becomes exactly one `word</w>` token: BPE replays its own training merges exactly), then add
 every single character with and without `</w>` so that any lowercase ASCII text still encodes without unknown tokens.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import string
+from collections import Counter
 from pathlib import Path
 
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPTokenizer
 
 BOS = "<|startoftext|>"
@@ -24,18 +24,32 @@ BASE_ALPHABET = string.ascii_lowercase + string.digits + ".,;:!?'-()/&+"
 
 
 def learn_merges(words: list[str]) -> list[tuple[str, str]]:
-    """BPE merges (in rank order) that turn each of `words` into a single `word</w>` token."""
-    model = models.BPE(unk_token=None, end_of_word_suffix=EOW)
-    tok = Tokenizer(model)
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=100_000, min_frequency=1, show_progress=False, end_of_word_suffix=EOW, special_tokens=[]
-    )
-    tok.train_from_iterator(sorted(set(words)), trainer=trainer)
-    state = json.loads(tok.to_str())["model"]
-    merges = state["merges"]
-    # tokenizers >= 0.20 stores merges as pairs; older versions as "a b" strings.
-    return [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in merges]
+    """BPE merges (in rank order) that turn each of `words` into a single `word</w>` token.
+
+    Classic BPE over the distinct words: merge the most frequent adjacent pair until every word is one token, ties
+    broken by the pair's spelling, so the merges (and token ids) depend on nothing but `words`. Replaying the merges in
+    rank order, as CLIP's tokenizer does, rebuilds each word exactly."""
+    seqs = [list(w[:-1]) + [w[-1] + EOW] for w in sorted(set(words))]
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts = Counter(pair for seq in seqs for pair in zip(seq, seq[1:]))
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        seqs = [_merge(seq, best) for seq in seqs]
+
+
+def _merge(seq: list[str], pair: tuple[str, str]) -> list[str]:
+    out, i = [], 0
+    while i < len(seq):
+        if i + 1 < len(seq) and (seq[i], seq[i + 1]) == pair:
+            out.append(seq[i] + seq[i + 1])
+            i += 2
+        else:
+            out.append(seq[i])
+            i += 1
+    return out
 
 
 def build_vocab(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -64,9 +78,13 @@ def save_tokenizer_files(words: list[str], folder: str | Path) -> Path:
     return folder
 
 
-def build_tokenizer(words: list[str], folder: str | Path) -> CLIPTokenizer:
-    """A stock `CLIPTokenizer` loaded from freshly written vocab files for `words` (padding with `<|endoftext|>`)."""
-    folder = save_tokenizer_files(words, folder)
+def build_tokenizer(words: list[str], folder: str | Path, reuse: bool = False) -> CLIPTokenizer:
+    """A stock `CLIPTokenizer` loaded from freshly written vocab files for `words` (padding with `<|endoftext|>`).
+
+    reuse: load the files already in `folder` instead (a resumed training run keeps the ids its text encoder learnt)."""
+    folder = Path(folder)
+    if not (reuse and (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
+        save_tokenizer_files(words, folder)
     return CLIPTokenizer.from_pretrained(
         str(folder),
         bos_token=BOS,

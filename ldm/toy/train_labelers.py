@@ -116,7 +116,7 @@ def evaluate(depth_fn, saliency_fn, rgb: np.ndarray, depth: np.ndarray, salient:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=4000)
@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the dev machine is shared)")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     start = time.perf_counter()

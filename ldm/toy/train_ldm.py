@@ -341,7 +341,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> ToyLDM:
     torch.set_num_threads(cfg.threads)
     stop_time = time.time() + 60 * cfg.max_minutes if cfg.max_minutes > 0 else math.inf
     out, state_dir = Path(cfg.out), Path(cfg.state_dir)
-    model = build_toy_ldm(sorted(VOCABULARY), state_dir / "tokenizer", seed=cfg.seed)
+    model = build_toy_ldm(sorted(VOCABULARY), state_dir / "tokenizer", seed=cfg.seed, reuse_tokenizer=resume)
     state = {"vae_step": 0, "vae_position": 0, "unet_step": 0, "unet_position": 0, "latent_stats": None}
     if resume and (state_dir / "state.json").exists():
         state.update(json.loads((state_dir / "state.json").read_text())["state"])

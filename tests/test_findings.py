@@ -1,0 +1,46 @@
+"""The headline comparison (workflows/findings.py) on metric rows whose answer is known."""
+
+import numpy as np
+
+from workflows.findings import check_claim, compare, format_findings, select_hook
+
+
+def rows(ldm_dice: float = 0.6, test_best: str = "up_1_0") -> list[dict]:
+    """Saliency rows: `up_2_0` is best on the training split, `test_best` on the test split (a trap for selection)."""
+    out = []
+    for step in range(8):
+        for variant, hook, train, test in (
+            ("ldm", "up_2_0", 0.9, ldm_dice), ("ldm", "up_1_0", 0.5, 0.95 if test_best == "up_1_0" else 0.1),
+            ("ldm", "latent", 0.95, 0.1 + 0.04 * step),  # an extra: never the chosen layer
+            ("permuted", "up_2_0", 0.2, 0.05), ("permuted", "down_0_0", 0.3, 0.08),
+        ):
+            out.append({"variant": variant, "hook": hook, "step": step, "target": "saliency", "train_score": train,
+                        "dice": test, "dice_lo": test - 0.05, "dice_hi": test + 0.05})
+    out.append({"variant": "position", "hook": "-", "step": -1, "target": "saliency", "train_score": np.nan,
+                "dice": 0.27, "dice_lo": 0.25, "dice_hi": 0.29})
+    return out
+
+
+def test_layers_are_chosen_on_the_training_split_never_the_test_split():
+    assert select_hook(rows(), "saliency", "ldm") == "up_2_0"
+    assert select_hook(rows(), "saliency", "permuted") == "down_0_0"
+    assert select_hook(rows(), "depth", "ldm") is None
+
+
+def test_claim_holds_and_fails_by_margin():
+    hooks, table = compare(rows(), "saliency")
+    assert hooks == {"ldm": "up_2_0", "permuted": "down_0_0", "latent": "latent"}
+    assert [t.step for t in table] == list(range(8))
+    assert np.isclose(table[3].margin("permuted"), 0.6 - 0.08) and np.isclose(table[2].margin("latent"), 0.6 - 0.18)
+    assert check_claim(table) == {"vs_permuted": True, "vs_latent": True}
+    # x_t at step 7 is 0.38: an LDM at 0.5 beats the permuted control but not x_t there.
+    assert check_claim(compare(rows(ldm_dice=0.5), "saliency")[1]) == {"vs_permuted": True, "vs_latent": False}
+    assert check_claim(compare(rows(ldm_dice=0.2), "saliency")[1]) == {"vs_permuted": False, "vs_latent": False}
+
+
+def test_missing_control_fails_the_claim_and_markdown_says_so():
+    no_perm = [r for r in rows() if r["variant"] != "permuted"]
+    hooks, table = compare(no_perm, "saliency")
+    assert hooks["permuted"] is None and check_claim(table)["vs_permuted"] is False
+    text = format_findings(rows())
+    assert "`up_2_0`" in text and "**yes**" in text and "| 3 | 0.60 [0.55, 0.65]" in text

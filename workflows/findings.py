@@ -1,0 +1,112 @@
+"""The probe grid's headline comparison: the LDM's best layer against the controls, step by step.
+
+    python -m workflows.findings runs/toy            (a run whose probe stage is done; prints a Markdown table)
+
+Per target (saliency: Dice; depth: R2 beyond position), the LDM layer is chosen on the *training* split
+(`train_score` in probes/metrics.parquet, averaged over steps) and never on the test split; the permuted-weights
+control gets its own best layer by the same rule, and the noisy latent x_t is the `latent` extra. For every step the
+table gives the test metric with its 95% interval and the LDM's margin over each control. The claim checked
+(issue #5): from step `from_step` on the margin over the permuted control is at least `margin`, and in steps
+`xt_steps` the margin over x_t is too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from ldm.hooks import EXTRAS
+
+HEADLINE = {"saliency": ("dice", "Dice"), "depth": ("r2_pos", "R2 beyond position")}
+LATENT = "latent"
+
+
+def _value(row: dict | None, key: str) -> float:
+    return float("nan") if row is None or row.get(key) is None else float(row[key])
+
+
+def select_hook(rows: list[dict], target: str, variant: str) -> str | None:
+    """The U-Net layer of `variant` with the best mean training-split headline score over steps (extras excluded)."""
+    metric = HEADLINE[target][0]
+    scores: dict[str, list[float]] = {}
+    for r in rows:
+        if r["target"] == target and r["variant"] == variant and r["step"] >= 0 and r["hook"] not in EXTRAS:
+            v = _value(r, "train_score")
+            if np.isfinite(v) and np.isfinite(_value(r, metric)):
+                scores.setdefault(r["hook"], []).append(v)
+    return max(scores, key=lambda h: float(np.mean(scores[h]))) if scores else None
+
+
+@dataclass
+class StepComparison:
+    step: int
+    ldm: tuple[float, float, float]  # (mean, lo, hi) on the test split
+    permuted: tuple[float, float, float]
+    latent: tuple[float, float, float]
+
+    def margin(self, control: str) -> float:
+        return self.ldm[0] - getattr(self, control)[0]
+
+
+def compare(rows: list[dict], target: str) -> tuple[dict[str, str | None], list[StepComparison]]:
+    """The chosen layers and, per step, the LDM's, the permuted control's and x_t's test metric."""
+    metric = HEADLINE[target][0]
+    hooks = {"ldm": select_hook(rows, target, "ldm"), "permuted": select_hook(rows, target, "permuted"),
+             "latent": LATENT}
+    index = {(r["variant"], r["hook"], r["step"]): r for r in rows if r["target"] == target}
+    steps = sorted({r["step"] for r in rows if r["target"] == target and r["step"] >= 0})
+    out = []
+    for step in steps:
+        get = {name: index.get(("ldm" if name == "latent" else name, hook, step)) for name, hook in hooks.items()}
+        triple = {name: tuple(_value(r, metric + s) for s in ("", "_lo", "_hi")) for name, r in get.items()}
+        out.append(StepComparison(step, triple["ldm"], triple["permuted"], triple["latent"]))
+    return hooks, out
+
+
+def check_claim(table: list[StepComparison], margin: float = 0.15, from_step: int = 3,
+                xt_steps: tuple[int, int] = (2, 7)) -> dict[str, bool]:
+    """Whether every step from `from_step` beats the permuted control, and every step in `xt_steps` (inclusive)
+    beats x_t, by at least `margin` (NaN, e.g. a missing control, fails)."""
+    vs_perm = [t.margin("permuted") >= margin for t in table if t.step >= from_step]
+    vs_xt = [t.margin("latent") >= margin for t in table if xt_steps[0] <= t.step <= xt_steps[1]]
+    return {"vs_permuted": bool(vs_perm) and all(vs_perm), "vs_latent": bool(vs_xt) and all(vs_xt)}
+
+
+def format_findings(rows: list[dict], margin: float = 0.15) -> str:
+    """Markdown: per target, the chosen layers, a row per step, and whether the claim holds."""
+    fmt = lambda t: "n/a" if not np.isfinite(t[0]) else f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"  # noqa: E731
+    parts = []
+    for target, (metric, label) in HEADLINE.items():
+        if not any(r["target"] == target for r in rows):
+            continue
+        hooks, table = compare(rows, target)
+        claim = check_claim(table, margin)
+        parts.append(f"### {target}: {label} (test split, 95% intervals over images)\n\n"
+                     f"Layers chosen on the training split: LDM `{hooks['ldm']}`, permuted control "
+                     f"`{hooks['permuted']}`; x_t is the noisy latent.\n\n"
+                     "| step | LDM | permuted | x_t | LDM - permuted | LDM - x_t |\n|---|---|---|---|---|---|")
+        for t in table:
+            parts.append(f"| {t.step} | {fmt(t.ldm)} | {fmt(t.permuted)} | {fmt(t.latent)} | "
+                         f"{t.margin('permuted'):+.2f} | {t.margin('latent'):+.2f} |")
+        parts.append(f"\nClaim (margin {margin}): beats the permuted control from step 3 on: "
+                     f"**{'yes' if claim['vs_permuted'] else 'no'}**; beats x_t in steps 2-7: "
+                     f"**{'yes' if claim['vs_latent'] else 'no'}**.\n")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from workflows.grid import read_metrics
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a run output whose probe stage is done")
+    p.add_argument("--margin", type=float, default=0.15)
+    args = p.parse_args(argv)
+    print(format_findings(read_metrics(args.run).to_pylist(), args.margin))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
