@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=128, help="Adam iterations of the paper's edit")
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--methods", default="closed-form,paper,random", help="any of closed-form, paper, random")
+    p.add_argument("--units", choices=("standardised", "raw"), default="standardised",
+                   help="closed-form: minimal edit in the probe's standardised or in raw activation units")
     p.add_argument("--strengths", default="1", help="edit strengths (a' - a scaled), comma-separated: a dose sweep")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="auto")
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             stats = EditStats(norm=np.zeros(len(targets)))
             start = time.perf_counter()
             images = run_edits(model, probes, method, targets, prompt, seed, "saliency", hooks=hooks,
-                               steps=edit_steps, lr=args.lr, iters=args.iters, strength=strength, stats=stats,
+                               steps=edit_steps, lr=args.lr, iters=args.iters, strength=strength, units=args.units, stats=stats,
                                image=i)
             total_s += time.perf_counter() - start
             edit_s += stats.seconds

@@ -1,6 +1,7 @@
 """SD v1.4-scale measurements on a random-weight pipeline of SD v1.4's exact architecture (no downloads).
 
-    # peak host (and device) memory per generator, batch 1 and 4, all 16 hooks x STEPS steps into a local Zarr store
+    # peak host (and device) memory per generator, batch 1 and 4: plain generation, then all 16 hooks x STEPS steps
+    # captured into a local Zarr store
     python benchmarks/bench_sd14.py memory --batch 1 4 --steps 2 --device cpu
     # GPU evidence (fp16, 512 px): images/s plain vs with capture into Zarr, their ratio, and one probe-grid fit
     python benchmarks/bench_sd14.py gpu --images 8 --steps 15
@@ -46,18 +47,24 @@ def store_for(model, n: int, batch: int, steps: int, output: str) -> tuple[RunCo
     return cfg, ShardWriter(output)
 
 
-def measure_memory(batch: int, steps: int, device: str, dtype: str) -> dict:
-    """One configuration, in this process: load, then generate `batch` images with capture into a Zarr store."""
+def measure_memory(batch: int, steps: int, device: str, dtype: str, capture: bool = True) -> dict:
+    """One configuration, in this process: load, then generate `batch` images, with capture into a Zarr store or
+    plain (`model.generate`, nothing recorded)."""
     model = random_model(MODEL, steps=steps, dtype=dtype, device=device)
     loaded_mb = peak_rss_mb()
+    prompts, seeds = [PROMPT] * batch, list(range(batch))
     with tempfile.TemporaryDirectory() as tmp:
         cfg, writer = store_for(model, batch, batch, steps, f"{tmp}/run")
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        generate_shard(model, cfg, Shard(0, 0, batch, [PROMPT] * batch, list(range(batch))), writer)
+        if capture:
+            generate_shard(model, cfg, Shard(0, 0, batch, prompts, seeds), writer)
+        else:
+            model.generate(prompts, seeds)
         seconds = time.perf_counter() - start
-    out = {"batch": batch, "steps": steps, "device": device, "dtype": dtype, "seconds": round(seconds, 1),
+    out = {"mode": "capture" if capture else "plain", "batch": batch, "steps": steps, "device": device,
+           "dtype": dtype, "seconds": round(seconds, 1),
            "rss_after_load_mb": round(loaded_mb), "peak_rss_mb": round(peak_rss_mb())}
     out["capture_extra_mb"] = out["peak_rss_mb"] - out["rss_after_load_mb"]
     if device.startswith("cuda"):
@@ -67,20 +74,22 @@ def measure_memory(batch: int, steps: int, device: str, dtype: str) -> dict:
 
 def cmd_memory(args: argparse.Namespace) -> None:
     if args.one:  # the child process
-        print(json.dumps(measure_memory(args.batch[0], args.steps[0], args.device, args.dtype)))
+        print(json.dumps(measure_memory(args.batch[0], args.steps[0], args.device, args.dtype, not args.plain)))
         return
     rows = []
     for steps in args.steps:
         for batch in args.batch:
-            cmd = [sys.executable, __file__, "memory", "--one", "--batch", str(batch), "--steps", str(steps),
-                   "--device", args.device, "--dtype", args.dtype]
-            rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]))
-            print(rows[-1], flush=True)
-    print("\n| batch | steps | device | peak RSS MB | after load MB | capture+generate extra MB | peak CUDA MB | s |")
-    print("|---|---|---|---|---|---|---|---|")
+            for mode in args.modes:
+                cmd = [sys.executable, __file__, "memory", "--one", "--batch", str(batch), "--steps", str(steps),
+                       "--device", args.device, "--dtype", args.dtype] + (["--plain"] if mode == "plain" else [])
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                rows.append(json.loads(out.splitlines()[-1]))
+                print(rows[-1], flush=True)
+    print("\n| mode | batch | steps | device | peak RSS MB | after load MB | extra MB | peak CUDA MB | s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['batch']} | {r['steps']} | {r['device']} | {r['peak_rss_mb']} | {r['rss_after_load_mb']} | "
-              f"{r['capture_extra_mb']} | {r.get('peak_cuda_mb', '-')} | {r['seconds']} |")
+        print(f"| {r['mode']} | {r['batch']} | {r['steps']} | {r['device']} | {r['peak_rss_mb']} | "
+              f"{r['rss_after_load_mb']} | {r['capture_extra_mb']} | {r.get('peak_cuda_mb', '-')} | {r['seconds']} |")
 
 
 def cmd_gpu(args: argparse.Namespace) -> None:
@@ -128,7 +137,9 @@ def main() -> None:
     mem.add_argument("--steps", type=int, nargs="+", default=[2])
     mem.add_argument("--device", default="cpu")
     mem.add_argument("--dtype", default="float32")
+    mem.add_argument("--modes", nargs="+", choices=("plain", "capture"), default=["plain", "capture"])
     mem.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    mem.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     mem.set_defaults(func=cmd_memory)
     gpu = sub.add_parser("gpu")
     gpu.add_argument("--images", type=int, default=8)

@@ -43,17 +43,24 @@ def closed_form_edit(
     *,
     kind: TargetKind = "depth",
     clip: tuple[float, float] = PROB_CLIP,
+    scale: Any = None,
 ) -> torch.Tensor:
     """Smallest (L2, per position) edit making the linear probe `w.a + b` read `target` at every position:
     a' = a + (y* - w.a - b) w / |w|^2, with y* = target (depth) or logit(clip(target)) (saliency).
-    `w (c,)`, `b` are the probe's raw-space weight and bias (`LinearProbe.raw_weight`, `.raw_bias`)."""
+    `w (c,)`, `b` are the probe's raw-space weight and bias (`LinearProbe.raw_weight`, `.raw_bias`).
+
+    scale `(c,)` (the probe's per-channel `scale`): take the smallest edit in the probe's own standardised units,
+    z = (a - mean) / scale, instead: z' = z + gap w_z / |w_z|^2, i.e. a' = a + gap (scale^2 w) / (w . scale^2 w).
+    In raw units the minimal edit piles onto the low-variance channels, where `w` is largest and the network looks
+    least; in standardised units each channel moves in proportion to its natural spread."""
     x = a.float()
     wv = _vec(w, a.device)
     y = _layer_target(target, a)
     if kind == "saliency":
         y = torch.logit(y.clamp(*clip))
     gap = y - (x @ wv + float(b))  # (batch, h, w)
-    return (x + gap[..., None] * (wv / (wv @ wv))).to(a.dtype)
+    d = wv if scale is None else _vec(scale, a.device) ** 2 * wv
+    return (x + gap[..., None] * (d / (wv @ d))).to(a.dtype)
 
 
 def random_edit(a: torch.Tensor, delta_norm_like: torch.Tensor, seed: int, *, shared: bool = False) -> torch.Tensor:

@@ -23,6 +23,21 @@ def test_closed_form_edit_reads_exact_target_minimally():
     np.testing.assert_allclose(cos.abs().numpy(), 1.0, atol=1e-4)
 
 
+def test_closed_form_edit_in_standardised_units_is_minimal_there():
+    p = probe()
+    a = torch.randn(2, 4, 4, 16) * 3
+    target = torch.randn(2, 4, 4)
+    e = closed_form_edit(a, p.raw_weight, p.raw_bias, target, scale=p.scale)
+    w = torch.from_numpy(p.raw_weight).float()
+    np.testing.assert_allclose((e @ w + p.raw_bias).numpy(), target.numpy(), atol=1e-4, rtol=1e-4)
+    dz = (e - a) / torch.from_numpy(p.scale).float()  # the edit in the probe's standardised units ...
+    wz = torch.from_numpy(p.weight).float()  # ... is parallel to the standardised weight
+    cos = (dz @ wz) / (dz.norm(dim=-1) * wz.norm())
+    np.testing.assert_allclose(cos.abs().numpy(), 1.0, atol=1e-4)
+    raw = closed_form_edit(a, p.raw_weight, p.raw_bias, target)
+    assert ((raw - a) / torch.from_numpy(p.scale).float()).norm() > dz.norm()  # raw-minimal is longer there
+
+
 def test_closed_form_saliency_uses_clipped_logit_and_keeps_dtype():
     p = probe("saliency")
     a = torch.randn(1, 4, 4, 16).half()

@@ -58,6 +58,7 @@ def make_edit_fn(
     iters: int = 128,
     random_reference: str = "closed-form",
     strength: float = 1.0,
+    units: str = "standardised",
     seed: int = 0,
     image: int = 0,
     stats: EditStats | None = None,
@@ -66,7 +67,8 @@ def make_edit_fn(
     (saliency: 0/1 masks; depth: the probes' standardised units). Targets stay at image resolution: the closed form
     area-averages them to the layer, the optimised edit compares nearest-upsampled probe outputs, as the paper does.
     `strength` scales every edit `a' - a` (1 = exactly what the method computes); the random control copies the
-    scaled norm."""
+    scaled norm. `units`: the closed form's minimal edit in the probe's "standardised" units (default) or in "raw"
+    activation units (`probes.edits.closed_form_edit`)."""
     if method not in METHODS:
         raise ValueError(f"unknown edit method {method!r}; choose one of {', '.join(METHODS)}")
     on_device: dict[torch.device, torch.Tensor] = {}  # the targets, moved to the activations' device once
@@ -78,7 +80,8 @@ def make_edit_fn(
         if how == "paper":
             new = optimise_edit(act, probe, t, lr=lr, iters=iters)
         else:
-            new = closed_form_edit(act, probe.raw_weight, probe.raw_bias, t, kind=task)
+            new = closed_form_edit(act, probe.raw_weight, probe.raw_bias, t, kind=task,
+                                   scale=probe.scale if units == "standardised" else None)
         if strength == 1.0:
             return new
         return (act.float() + strength * (new.float() - act.float())).to(act.dtype)
@@ -118,6 +121,7 @@ def run_edits(
     iters: int = 128,
     random_reference: str = "closed-form",
     strength: float = 1.0,
+    units: str = "standardised",
     edit_seed_base: int = 0,
     image: int = 0,
     stats: EditStats | None = None,
@@ -129,7 +133,7 @@ def run_edits(
         raise KeyError(f"no probe for {', '.join(f'{h}@{s}' for h, s in missing)}")
     n = len(targets)
     fn = make_edit_fn(probes, method, targets, task, lr=lr, iters=iters, random_reference=random_reference,
-                      strength=strength, seed=edit_seed_base, image=image, stats=stats)
+                      strength=strength, units=units, seed=edit_seed_base, image=image, stats=stats)
     with edit(model, fn, hooks=list(hooks), steps=list(steps)):
         return model.generate([prompt] * n, [int(seed)] * n)
 

@@ -58,6 +58,7 @@ class InterventionConfig:
     iters: int = 128  # paper edits: Adam iterations
     random_reference: str = "closed-form"  # the edit whose per-position norm the random control copies
     strength: float = 1.0  # every edit a' - a is scaled by this (the random control copies the scaled norm)
+    closed_form_units: str = "standardised"  # the closed form's minimal edit in the probe's standardised or raw units
     max_images: int | None = None  # None: every test image; else the first N (quick looks)
     actors: int | None = None  # Ray: None = one per GPU, or one per `cpus_per_actor` CPUs
     cpus_per_actor: int = 1
@@ -69,6 +70,8 @@ class InterventionConfig:
         if bad:
             raise ValueError(f"unknown task/method {', '.join(bad)}; tasks: {', '.join(TASKS)}; "
                              f"methods: {', '.join(METHODS)}")
+        if self.closed_form_units not in ("standardised", "raw"):
+            raise ValueError("closed_form_units must be 'standardised' or 'raw'")
         if self.random_reference not in ("closed-form", "paper"):
             raise ValueError("random_reference must be 'closed-form' or 'paper'")
         if isinstance(self.targets, dict):
@@ -85,7 +88,8 @@ class InterventionConfig:
         return {"saliency_hooks": self.saliency_hooks, "saliency_steps": list(self.saliency_steps),
                 "depth_hooks": self.depth_hooks, "depth_steps": list(self.depth_steps),
                 "targets": vars(self.targets).copy(), "variant": self.variant, "lr": self.lr,
-                "iters": self.iters, "random_reference": self.random_reference, "strength": self.strength}
+                "iters": self.iters, "random_reference": self.random_reference, "strength": self.strength,
+                "closed_form_units": self.closed_form_units}
 
 
 def default_hooks(task: str, unet_hooks: Sequence[str]) -> list[str]:
@@ -136,6 +140,7 @@ def run_unit(worker: Worker, unit: Unit) -> list[dict]:
     images = run_edits(worker.model, worker.probes[task], unit.method, targets, unit.prompt, unit.seed, task,
                        hooks=worker.hooks[task], steps=cfg.steps(task), lr=cfg.lr, iters=cfg.iters,
                        random_reference=cfg.random_reference, strength=cfg.strength,
+                       units=cfg.closed_form_units,
                        edit_seed_base=cfg.targets.seed, image=unit.image, stats=stats)
     seconds = time.perf_counter() - start
     new = standardise(task, worker.labelers[task](images), worker.scaler)
@@ -264,7 +269,8 @@ def prepare_store(output: str, cfg: InterventionConfig, inputs: StageInputs, fre
     stored = read_file(output, f"{ROOT}/config.json")
     current = cfg.data_fields()
     if stored is not None and not fresh:
-        old = {"strength": 1.0, **json.loads(stored)}  # stages recorded before `strength` existed used 1.0
+        # stages recorded before these fields existed used strength 1 and raw units
+        old = {"strength": 1.0, "closed_form_units": "raw", **json.loads(stored)}
         diff = [k for k in current if old.get(k) != current[k]]
         if diff:
             raise UserError(f"{output}/{ROOT} holds interventions made with other settings ({', '.join(diff)}); "
