@@ -11,6 +11,7 @@ output whose store, shards, manifest and labels are links to the run's. In one p
 2. Grid: `run_grid` over every group (all targets, the shuffled-label control), as the probe stage runs it per task.
 3. Paper mode: `fit_group` in the paper-faithful trainer's mode on a sample of groups, scaled to the grid, with the
    test metrics of both modes on that sample.
+4. With `--ray`: the grid again, as the probe stage runs it (one Ray task per group on every local CPU).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", default=["saliency", "depth"])
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per metric (the config default)")
     ap.add_argument("--paper-sample", type=int, default=4, help="groups fit in paper mode, scaled to the grid")
+    ap.add_argument("--ray", action="store_true", help="also time the grid on a local Ray cluster (all CPUs)")
     ap.add_argument("--json", default="", help="also write the numbers here")
     args = ap.parse_args()
     import torch
@@ -73,7 +75,8 @@ def main() -> None:
     torch.set_num_threads(1)
     if not os.path.isdir(os.path.join(args.run, "store.zarr")):
         sys.exit(f"error: {args.run} has no store.zarr; run `sceneprobe run configs/toy.yaml` first (or pass --run)")
-    with tempfile.TemporaryDirectory() as ours_dir, tempfile.TemporaryDirectory() as paper_dir:
+    with (tempfile.TemporaryDirectory() as ours_dir, tempfile.TemporaryDirectory() as paper_dir,
+          tempfile.TemporaryDirectory() as ray_dir):
         output = scratch_output(args.run, ours_dir)
         data = prepare_grid_data(output, tuple(args.targets), n_boot=args.bootstrap)
         groups = plan_groups(output)
@@ -109,6 +112,20 @@ def main() -> None:
                   "read_bytes": nbytes, "grid_s": grid_s, "fit_and_score_s": fit_s, "paper_estimate_s": paper_s,
                   "grid_over_floor": grid_s / floor_s, "paper_over_grid": paper_s / grid_s,
                   "sample_metrics": {"ours": ours_m, "paper": paper_m}}
+        if args.ray:
+            import ray
+
+            from workflows.ray_grid import fit_groups_with_ray
+            from workflows.ray_session import ensure_ray
+
+            ray_out = scratch_output(args.run, ray_dir)
+            ensure_ray()
+            t0 = time.perf_counter()
+            run_grid(ray_out, groups, data, fit_many=fit_groups_with_ray(ray_out, data))
+            ray_s = time.perf_counter() - t0
+            cpus = int(ray.cluster_resources().get("CPU", 0))
+            print(f"grid on Ray ({cpus} CPUs): {ray_s:7.2f} s  ({ray_s / floor_s:.1f}x the read floor)")
+            result.update(ray_grid_s=ray_s, ray_cpus=cpus)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
 
