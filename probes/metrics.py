@@ -193,11 +193,15 @@ def score_depth(
     (`baselines.position_map`), area-averaged to (h, w) for the layer resolution.
     Keys: f"{res}/rmse", f"{res}/pearson", f"{res}/spearman", f"{res}/r2_beyond_position".
     positioned: layer-resolution predictions `(image, h, w)` of a probe that also sees the mean map as an input
-    channel (`baselines.with_position`); when given, R2 beyond position scores it instead of `pred`.
+    channel (`baselines.with_position`); when given, R2 beyond position scores it instead of `pred`, at image
+    resolution with the map's detail finer than the layer added back (position is free at every resolution, so a
+    probe that only reproduces the layer-resolution map scores 0 at both).
     Flags: n_nonfinite, n_constant_depth (Spearman/Pearson undefined there, excluded and counted)."""
     h, w = pred.shape[-2:]
     maps = {"image": np.asarray(mean_map, np.float32),
             "layer": downsample_area(np.asarray(mean_map, np.float32)[None], h, w)[0]}
+    # The positioned probe sees the map at layer resolution; its finer detail is free too, so it is added back.
+    detail = {"image": maps["image"] - upsample_nearest(maps["layer"][None], *maps["image"].shape)[0], "layer": 0.0}
     per: dict[str, list[np.ndarray]] = {}
     flags = {"n_nonfinite": 0, "n_constant_depth": 0}
     for s in range(0, len(pred), images_per_chunk):
@@ -212,7 +216,8 @@ def score_depth(
             raise NonFiniteError("depth", [s + int(i) for i in np.flatnonzero(~np.isfinite(tr).all((1, 2)))])
         for res in resolutions:
             p, t = _layer_and_image(np.where(bad[:, None, None], 0.0, pr), tr, res)
-            q = None if positioned is None else _layer_and_image(np.where(bad[:, None, None], 0.0, rr), tr, res)[0]
+            q = None if positioned is None else (
+                _layer_and_image(np.where(bad[:, None, None], 0.0, rr), tr, res)[0] + detail[res])
             d = depth_metrics(p, t, maps[res], q)
             if res == resolutions[0]:
                 flags["n_constant_depth"] += int(d["constant_truth"].sum())

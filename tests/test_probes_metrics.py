@@ -125,3 +125,14 @@ def test_r2_beyond_position_scores_the_positioned_probe_when_given():
     bad[2, 0, 0] = np.nan
     flagged = score_depth(t, t, m, resolutions=("image",), n_boot=50, positioned=bad, on_nonfinite="flag")
     assert flagged.flags["n_nonfinite"] == 1 and np.isnan(flagged.per_image["image/rmse"][2])
+
+
+def test_positioned_probe_that_only_knows_position_scores_zero_at_both_resolutions():
+    rng = np.random.default_rng(4)
+    m = rng.standard_normal((16, 16)).astype(np.float32)  # a mean map with detail finer than the 4x4 layer
+    t = (m + rng.standard_normal((5, 16, 16))).astype(np.float32)
+    layer_map = m.reshape(4, 4, 4, 4).mean((1, 3))
+    sc = score_depth(np.zeros((5, 4, 4), np.float32), t, m, n_boot=20,
+                     positioned=np.broadcast_to(layer_map, (5, 4, 4)))
+    assert sc.estimates["image/r2_beyond_position"].mean == pytest.approx(0.0, abs=1e-5)
+    assert sc.estimates["layer/r2_beyond_position"].mean == pytest.approx(0.0, abs=1e-5)
