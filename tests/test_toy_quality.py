@@ -84,3 +84,15 @@ def test_toy_train_command_routes_arguments(monkeypatch):
     calls.clear()
     assert main(["toy", "train", "--resume"]) == 0
     assert [c[0] for c in calls] == ["ldm"] and "--resume" in calls[0][1]
+
+
+def test_vae_round_trip_keeps_shape_and_range(tmp_path):
+    from ldm.toy.captions import VOCABULARY
+    from ldm.toy.model import build_toy_ldm
+    from ldm.toy.quality import vae_round_trip
+    from test_toy_model import tiny_config
+
+    vae = build_toy_ldm(sorted(VOCABULARY), tmp_path, tiny_config()).vae.eval()
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    out = vae_round_trip(vae, images, batch=2)
+    assert out.shape == images.shape and out.dtype == np.uint8

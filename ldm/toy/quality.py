@@ -10,7 +10,8 @@ from 1_000_000, the noise seed = the scene seed, the probe runs' sampler: LMS, 1
   colour the caption names. The reader is a logistic regression on the masked pixels' colour statistics, fit on
   exact object masks of training renders (`fit_colour_classifier`): the plain mean colour's nearest palette entry is
   right for only ~69% of objects on the renders themselves (shading scales brightness ~3x), so it cannot measure 70%.
-The same measurement on the held-out renders themselves (labeler masks, not exact ones) is the ceiling it can reach.
+The same measurement on the held-out renders themselves (labeler masks, not exact ones) is the ceiling it can reach,
+and on the renders passed through the model's VAE (encode, decode) the ceiling its decoder allows.
 """
 
 from __future__ import annotations
@@ -137,9 +138,23 @@ def contact_sheet(images: np.ndarray, depth: np.ndarray, saliency: np.ndarray, c
     return np.asarray(sheet)
 
 
+def vae_round_trip(vae, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """uint8 `(image, H, W, 3)` encoded to the posterior mean and decoded: what the LDM could draw at best."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i : i + batch]).to(vae.device, vae.dtype).permute(0, 3, 1, 2) / 127.5 - 1
+            y = vae.decode(vae.encode(x).latent_dist.mean).sample.float().clamp(-1, 1)
+            out.append(((y + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out)
+
+
 def run_quality(model: str = "toy", n: int = 256, sheet_n: int = 64, batch: int = 16,
-                classifier_seeds: int = 1500) -> dict:
-    """Generate and label `n` held-out samples; return the numbers for them and for the renders, plus sheet data."""
+                classifier_seeds: int = 1500, steps: int = 15, guidance_scale: float = 7.5) -> dict:
+    """Generate and label `n` held-out samples; return the numbers for them, for the renders themselves and for the
+    renders after the model's VAE round trip (the ceiling its decoder allows), plus the contact sheet's data."""
     from tqdm import tqdm
 
     from ldm.labelers import load_depth_labeler, load_saliency_labeler
@@ -148,15 +163,18 @@ def run_quality(model: str = "toy", n: int = 256, sheet_n: int = 64, batch: int 
     seeds = list(range(HELD_OUT_SEED, HELD_OUT_SEED + n))
     renders = render_batch(seeds)
     captions = list(renders.captions)
-    lm = load_model(model)
+    lm = load_model(model, steps=steps, guidance_scale=guidance_scale)
     images = np.concatenate([lm.generate(captions[i : i + batch], seeds[i : i + batch])
                              for i in tqdm(range(0, n, batch), desc="generate", unit="batch")])
     salient, depth = load_saliency_labeler("toy"), load_depth_labeler("toy")
     classifier = fit_colour_classifier(list(range(classifier_seeds)))
     generated = measure_quality(images, captions, salient(images), classifier)
     ceiling = measure_quality(renders.rgb, captions, salient(renders.rgb), classifier)
+    decoded = vae_round_trip(lm.pipe.vae, renders.rgb)
+    vae = measure_quality(decoded, captions, salient(decoded), classifier)
     k = min(sheet_n, n)
-    return {"generated": asdict(generated), "renders": asdict(ceiling), "model": model, "seeds": [seeds[0], seeds[-1]],
+    return {"generated": asdict(generated), "renders": asdict(ceiling), "vae_round_trip": asdict(vae), "model": model, "seeds": [seeds[0], seeds[-1]],
+            "sampler": {"scheduler": "lms", "steps": steps, "guidance_scale": guidance_scale},
             "sheet": (images[:k], depth(images[:k]), salient(images[:k]), captions[:k])}
 
 
@@ -164,15 +182,17 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toy")
     p.add_argument("--n", type=int, default=256, help="held-out samples measured")
+    p.add_argument("--steps", type=int, default=15, help="LMS steps (15: the probe runs' sampler)")
+    p.add_argument("--guidance", type=float, default=7.5, help="guidance scale (7.5: the probe runs')")
     p.add_argument("--sheet", default="", help="write a contact sheet PNG of the first --sheet-n samples here")
     p.add_argument("--sheet-n", type=int, default=64)
     p.add_argument("--json", default="", help="write the numbers here")
     args = p.parse_args(argv)
-    result = run_quality(args.model, args.n, args.sheet_n)
+    result = run_quality(args.model, args.n, args.sheet_n, steps=args.steps, guidance_scale=args.guidance)
     sheet = result.pop("sheet")
-    for name in ("generated", "renders"):
+    for name in ("generated", "renders", "vae_round_trip"):
         q = result[name]
-        print(f"{name:9s}: object found {q['found']:.1%} of {q['n']}; colour match {q['colour_match']:.1%} of "
+        print(f"{name:14s}: object found {q['found']:.1%} of {q['n']}; colour match {q['colour_match']:.1%} of "
               f"{q['n_single']} one-object captions; first-named colour match {q['first_colour_match']:.1%}")
     if args.sheet:
         from PIL import Image
