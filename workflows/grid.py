@@ -127,7 +127,7 @@ def _metric_columns(scores: Scores) -> dict[str, float]:
     return row
 
 
-HEADLINE = {"saliency": "image/dice_fg", "depth": "image/r2_beyond_position"}  # what `train_score` measures
+TRAIN_SCORE = {"saliency": "image/dice_fg", "depth": "image/r2_beyond_position"}  # the metric `train_score` holds
 
 
 def score_prediction(target: str, pred: np.ndarray, data: GridData, positioned: np.ndarray | None = None,
@@ -149,7 +149,7 @@ def fit_and_score(acts_train: np.ndarray, acts_test: np.ndarray, target: str, da
     Depth also gets a second probe that sees the training mean depth map as one more input channel; its predictions
     score R2 beyond position. A probe of depth alone must rediscover position from the activations and any miss counts
     against it although the map is free, so only the positioned probe measures what the activations add.
-    `train_score`: the headline metric (`HEADLINE`) on the training images, so layers can be chosen without the test
+    `train_score`: the headline metric (`TRAIN_SCORE`) on the training images, so layers can be chosen without the test
     split. Returns the metric columns (with `error` set instead when the probe cannot be fit or scored) and the probe.
     """
     start = time.perf_counter()
@@ -172,7 +172,7 @@ def fit_and_score(acts_train: np.ndarray, acts_test: np.ndarray, target: str, da
         train = score_prediction(target, probe.predict(acts_train), data, positioned[0], split=0)
     except NonFiniteError as err:
         return {"error": f"non-finite values: {err}", "fit_seconds": time.perf_counter() - start}, None
-    row.update(train_score=train.estimates[HEADLINE[target]].mean, alpha=probe.alpha,
+    row.update(train_score=train.estimates[TRAIN_SCORE[target]].mean, alpha=probe.alpha,
                fit_seconds=time.perf_counter() - start, error=None)
     return row, probe
 
