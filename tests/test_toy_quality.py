@@ -70,19 +70,21 @@ def test_contact_sheet_layout():
 
 
 def test_toy_train_command_routes_arguments(monkeypatch):
-    from ldm.toy import train_labelers, train_ldm
+    from ldm.toy import finetune_decoder, train_labelers, train_ldm
     from workflows.cli import main
 
     calls = []
     monkeypatch.setattr(train_labelers, "main", lambda argv: calls.append(("labelers", argv)))
     monkeypatch.setattr(train_ldm, "main", lambda argv: calls.append(("ldm", argv)))
+    monkeypatch.setattr(finetune_decoder, "main", lambda argv: calls.append(("decoder", argv)))
     assert main(["toy", "train", "--out", "/tmp/x", "--unet-steps", "7", "--max-minutes", "2"]) == 0
-    assert [c[0] for c in calls] == ["labelers", "ldm"]
+    assert [c[0] for c in calls] == ["labelers", "ldm", "decoder"]
+    assert calls[2][1][:2] == ["--model", "/tmp/x"]
     argv = calls[1][1]
     assert argv[argv.index("--out") + 1] == "/tmp/x" and argv[argv.index("--unet-steps") + 1] == "7"
     assert "--resume" not in argv
     calls.clear()
-    assert main(["toy", "train", "--resume"]) == 0
+    assert main(["toy", "train", "--resume", "--decoder-steps", "0"]) == 0
     assert [c[0] for c in calls] == ["ldm"] and "--resume" in calls[0][1]
 
 
@@ -96,3 +98,21 @@ def test_vae_round_trip_keeps_shape_and_range(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     out = vae_round_trip(vae, images, batch=2)
     assert out.shape == images.shape and out.dtype == np.uint8
+
+
+def test_decoder_finetune_keeps_the_latent_space_and_lowers_the_loss(tmp_path):
+    import torch
+
+    from ldm.toy.captions import VOCABULARY
+    from ldm.toy.finetune_decoder import finetune_decoder
+    from ldm.toy.model import build_toy_ldm
+    from ldm.toy.train_ldm import encode_means
+    from test_toy_model import tiny_config
+
+    torch.manual_seed(0)
+    vae = build_toy_ldm(sorted(VOCABULARY), tmp_path, tiny_config()).vae
+    images = render_batch(list(range(8))).rgb
+    before = encode_means(vae, images)
+    losses = finetune_decoder(vae, images, steps=30, batch=8, lr=1e-3)
+    assert torch.allclose(encode_means(vae, images), before, atol=1e-5)  # encoder untouched: the U-Net stays valid
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])

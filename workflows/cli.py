@@ -52,14 +52,16 @@ def cmd_animate(args: argparse.Namespace) -> int:
 
 
 def cmd_toy_train(args: argparse.Namespace) -> int:
-    """Retrain the embedded toy world from scratch: the labelers, then the LDM (docs/toy-ldm.md)."""
-    from ldm.toy import train_labelers, train_ldm
+    """Retrain the embedded toy world from scratch: the labelers, the LDM, then its decoder (docs/toy-ldm.md)."""
+    from ldm.toy import finetune_decoder, train_labelers, train_ldm
 
     if not (args.skip_labelers or args.resume):
         train_labelers.main(["--threads", str(args.threads)])
     train_ldm.main(["--out", args.out, "--state-dir", args.state_dir, "--unet-steps", str(args.unet_steps),
                     "--max-minutes", str(args.max_minutes), "--threads", str(args.threads)]
                    + (["--resume"] if args.resume else []))
+    if args.decoder_steps > 0:
+        finetune_decoder.main(["--model", args.out, "--steps", str(args.decoder_steps), "--threads", str(args.threads)])
     return 0
 
 
@@ -117,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--resume", action="store_true", help="continue the LDM from --state-dir (labelers kept)")
     train.add_argument("--skip-labelers", action="store_true", help="keep the shipped labelers")
+    train.add_argument("--decoder-steps", type=int, default=1500,
+                       help="then fine-tune the VAE decoder alone this many steps (0 = skip)")
     train.set_defaults(func=cmd_toy_train)
     quality = toy.add_parser("quality", help="measure a toy LDM on 256 held-out captions; write the contact sheet")
     quality.add_argument("--model", default="toy")
