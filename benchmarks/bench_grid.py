@@ -10,7 +10,7 @@ output whose store, shards, manifest and labels are links to the run's. In one p
    from the page cache.
 2. Grid: `run_grid` over every group (all targets, the shuffled-label control), as the probe stage runs it per task.
 3. Paper mode: `fit_group` in the paper-faithful trainer's mode on a sample of groups, scaled to the grid, with the
-   test metrics of both modes on that sample.
+   test metrics of both modes on that sample; and one probe fit alone (no scoring), ours vs paper, on the sample.
 4. With `--ray`: the grid again, as the probe stage runs it (one Ray task per group on every local CPU).
 """
 
@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from probes.fit import fit_probe  # noqa: E402
 from workflows.grid import (  # noqa: E402
     fit_group, plan_groups, prepare_grid_data, read_activations, run_grid,
 )
@@ -59,6 +60,19 @@ def sample_metrics(rows: list[dict]) -> dict[str, float]:
         if vals:
             out[f"{target}_{metric}"] = float(np.mean(vals))
     return out
+
+
+def probe_fit_times(output: str, groups, data) -> dict[str, tuple[float, float]]:
+    """Mean seconds of one probe fit alone (no scoring) per target, ours vs the paper's trainer, on `groups`."""
+    times: dict[str, list[list[float]]] = {t: [[], []] for t in data.labels}
+    for g in groups:
+        acts = read_activations(output, g, data.train)
+        for target, (labels, _) in data.labels.items():
+            for k, mode in enumerate(("ours", "paper")):
+                t0 = time.perf_counter()
+                fit_probe(acts, labels, target, mode=mode, seed=data.seed)
+                times[target][k].append(time.perf_counter() - t0)
+    return {t: (float(np.mean(o)), float(np.mean(p))) for t, (o, p) in times.items()}
 
 
 def main() -> None:
@@ -105,13 +119,17 @@ def main() -> None:
         ours_rows = [r for r in table.to_pylist() if (r["hook"], r["step"]) in keys]
         ours_m, paper_m = sample_metrics(ours_rows), sample_metrics(paper_rows)
         print(f"paper mode: {paper_s:7.2f} s  estimated for the grid from {len(sample)} groups "
-              f"({paper_s / grid_s:.0f}x the grid)")
+              f"({paper_s / grid_s:.1f}x the grid; scoring and I/O are the same in both)")
+        fit_times = probe_fit_times(output, sample, data)
+        for target, (ours_t, paper_t) in fit_times.items():
+            print(f"  one {target} probe fit alone: ours {ours_t * 1e3:.0f} ms, paper {paper_t * 1e3:.0f} ms "
+                  f"({paper_t / ours_t:.0f}x)")
         for key in ours_m:
             print(f"  on the sample, {key}: ours {ours_m[key]:.3f}  paper {paper_m.get(key, float('nan')):.3f}")
         result = {"run": args.run, "groups": len(groups), "probes": table.num_rows, "read_floor_s": floor_s,
                   "read_bytes": nbytes, "grid_s": grid_s, "fit_and_score_s": fit_s, "paper_estimate_s": paper_s,
                   "grid_over_floor": grid_s / floor_s, "paper_over_grid": paper_s / grid_s,
-                  "sample_metrics": {"ours": ours_m, "paper": paper_m}}
+                  "sample_metrics": {"ours": ours_m, "paper": paper_m}, "fit_times": fit_times}
         if args.ray:
             import ray
 
