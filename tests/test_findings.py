@@ -44,3 +44,15 @@ def test_missing_control_fails_the_claim_and_markdown_says_so():
     assert hooks["permuted"] is None and check_claim(table)["vs_permuted"] is False
     text = format_findings(rows())
     assert "`up_2_0`" in text and "**yes**" in text and "| 3 | 0.60 [0.55, 0.65]" in text
+
+
+def test_curve_series_and_svg(tmp_path):
+    from workflows.findings import curve_series
+    from workflows.figures import line_chart_svg
+
+    hooks, _ = compare(rows(), "saliency")
+    series = curve_series(rows(), "saliency", "dice", hooks)
+    assert [s.label for s in series] == ["LDM (up_2_0)", "permuted (down_0_0)", "x_t (latent)", "position"]
+    assert np.allclose(series[0].y, 0.6) and np.allclose(series[2].y, 0.1 + 0.04 * np.arange(8))
+    assert series[-1].dashed and np.allclose(series[-1].y, 0.27)
+    assert line_chart_svg(series).count("<polyline") == 4

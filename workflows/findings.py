@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ldm.hooks import EXTRAS
+from workflows.figures import PALETTE, Series, line_chart_svg
 
 HEADLINE = {"saliency": ("dice", "Dice"), "depth": ("r2_pos", "R2 beyond position")}
 LATENT = "latent"
@@ -97,14 +99,46 @@ def format_findings(rows: list[dict], margin: float = 0.15) -> str:
     return "\n".join(parts)
 
 
+def curve_series(rows: list[dict], target: str, metric: str, hooks: dict[str, str | None]) -> list[Series]:
+    """Per-step `metric` with its interval for the LDM and the shuffled-label control at `hooks["ldm"]`, the permuted
+    control at `hooks["permuted"]`, x_t, and the position-only baseline (dashed): the "when does the scene appear"
+    chart (`figures.line_chart_svg`)."""
+    lines = [("LDM", "ldm", hooks["ldm"]), ("shuffled", "shuffled", hooks["ldm"]),
+             ("permuted", "permuted", hooks.get("permuted")), ("x_t", "ldm", LATENT)]
+    series = []
+    for k, (name, variant, at) in enumerate(lines):
+        sel = sorted((r for r in rows if r["target"] == target and r["variant"] == variant and r["hook"] == at),
+                     key=lambda r: r["step"])
+        if sel:
+            get = {key: np.array([_value(r, key) for r in sel]) for key in ("step", metric, f"{metric}_lo",
+                                                                            f"{metric}_hi")}
+            series.append(Series(f"{name} ({at})", get["step"], get[metric], get[f"{metric}_lo"],
+                                 get[f"{metric}_hi"], PALETTE[k]))
+    position = [r for r in rows if r["target"] == target and r["variant"] == "position"]
+    if position and series and np.isfinite(_value(position[0], metric)):
+        steps = series[0].x
+        series.append(Series("position", steps, np.full(len(steps), _value(position[0], metric)), color="#7f7f7f",
+                             dashed=True))
+    return series
+
+
 def main(argv: list[str] | None = None) -> int:
     from workflows.grid import read_metrics
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a run output whose probe stage is done")
     p.add_argument("--margin", type=float, default=0.15)
+    p.add_argument("--svg", default="", help="also write the curves as <SVG>-<target>.svg")
     args = p.parse_args(argv)
-    print(format_findings(read_metrics(args.run).to_pylist(), args.margin))
+    rows = read_metrics(args.run).to_pylist()
+    print(format_findings(rows, args.margin))
+    if args.svg:
+        for target, (metric, label) in HEADLINE.items():
+            hooks, _ = compare(rows, target)
+            if hooks["ldm"] is not None:
+                chart = line_chart_svg(curve_series(rows, target, metric, hooks), title=f"{target} at {hooks['ldm']}",
+                                       xlabel="denoising step", ylabel=label)
+                Path(f"{args.svg}-{target}.svg").write_text(chart)
     return 0
 
 

@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 
 from ldm.errors import UserError
 from probes.resample import upsample_nearest
-from workflows.findings import HEADLINE, LATENT, check_claim, compare, select_hook
-from workflows.figures import PALETTE, Series, depth_image, heatmap_svg, line_chart_svg, mask_image, png_bytes
+from workflows.findings import HEADLINE, check_claim, compare, curve_series, select_hook
+from workflows.figures import Series, depth_image, heatmap_svg, line_chart_svg, mask_image, png_bytes
 from workflows.store import read_file, stored_config
 
 PRIMARY = {"saliency": ("dice", "higher", "Dice"), "depth": ("r2_pos", "higher", "R2 beyond position")}
@@ -172,24 +172,8 @@ def probe_curves(page: Page, rows: list[dict] | None) -> None:
         hook = best_hook(rows, target, metric, better)
         if hook is None:
             continue
-        lines = {"ldm": ("LDM", "ldm", hook), "shuffled": ("shuffled", "shuffled", hook),
-                 "permuted": ("permuted", "permuted", best_hook(rows, target, metric, better, "permuted")),
-                 "latent": ("x_t", "ldm", LATENT)}
-        series = []
-        for k, (name, variant, at) in enumerate(lines.values()):
-            sel = sorted((r for r in rows if r["target"] == target and r["variant"] == variant and r["hook"] == at),
-                         key=lambda r: r["step"])
-            if sel:
-                def get(key: str, sel: list[dict] = sel) -> np.ndarray:
-                    return np.array([np.nan if r.get(key) is None else r[key] for r in sel], float)
-
-                series.append(Series(f"{name} ({at})", get("step"), get(metric), get(f"{metric}_lo"),
-                                     get(f"{metric}_hi"), PALETTE[k]))
-        position = [r for r in rows if r["target"] == target and r["variant"] == "position"]
-        if position and series and position[0].get(metric) is not None:
-            steps = series[0].x
-            series.append(Series("position", steps, np.full(len(steps), position[0][metric]), color="#7f7f7f",
-                                 dashed=True))
+        series = curve_series(rows, target, metric, {"ldm": hook, "permuted": best_hook(
+            rows, target, metric, better, "permuted")})
         by_hook = []
         values, hooks, steps, _ = grid_of(rows, target, "ldm", metric)
         for i, h in enumerate(hooks):
