@@ -28,6 +28,7 @@ from probes.chunks import NonFiniteError
 from probes.fit import fit_probe
 from probes.linear import LinearProbe
 from probes.metrics import DepthScaler, Scores, score_depth, score_saliency
+from probes.resample import downsample_area
 from workflows.labels import labelled_shards, read_labels
 from workflows.store import (
     complete_images, load_layout, load_plan, load_run_config, open_store, read_file, write_atomic,
@@ -146,28 +147,30 @@ def fit_and_score(acts_train: np.ndarray, acts_test: np.ndarray, target: str, da
                   shuffled: bool = False) -> tuple[dict, LinearProbe | None]:
     """Fit one probe on `(image, h, w, c)` training activations and score it on the test activations.
 
-    Depth also gets a second probe that sees the training mean depth map as one more input channel; its predictions
-    score R2 beyond position. A probe of depth alone must rediscover position from the activations and any miss counts
-    against it although the map is free, so only the positioned probe measures what the activations add.
+    Depth also gets a second probe that sees the training mean depth map as one more input channel and predicts the
+    depth's deviation from that map (so regularisation shrinks towards the map, not towards zero); the map plus its
+    prediction scores R2 beyond position. A probe of depth alone must rediscover position from the activations and any
+    miss counts against it although the map is free, so only the positioned probe measures what the activations add.
     `train_score`: the headline metric (`TRAIN_SCORE`) on the training images, so layers can be chosen without the test
     split. Returns the metric columns (with `error` set instead when the probe cannot be fit or scored) and the probe.
     """
     start = time.perf_counter()
     labels = data.labels[target][0]
 
-    def fit(acts: np.ndarray) -> LinearProbe:
+    def fit(acts: np.ndarray, y: np.ndarray) -> LinearProbe:
         if shuffled:
-            return fit_control_probe(acts, labels, target, seed=data.seed, mode=data.mode)
-        return fit_probe(acts, labels, target, mode=data.mode, seed=data.seed)
+            return fit_control_probe(acts, y, target, seed=data.seed, mode=data.mode)
+        return fit_probe(acts, y, target, mode=data.mode, seed=data.seed)
 
     try:
-        probe = fit(acts_train)
+        probe = fit(acts_train, labels)
         positioned = [None, None]  # (train, test) predictions of the depth probe that also sees the mean map
         if target == "depth":
             m = data.mean_maps["depth"]
-            aug_train = with_position(acts_train, m)
-            pos_probe = fit(aug_train)
-            positioned = [pos_probe.predict(aug_train), pos_probe.predict(with_position(acts_test, m))]
+            m_layer = downsample_area(m[None], *acts_train.shape[1:3])[0]
+            aug_train, aug_test = with_position(acts_train, m), with_position(acts_test, m)
+            pos_probe = fit(aug_train, labels - m)  # the map is the starting point: only the deviation is penalised
+            positioned = [m_layer + pos_probe.predict(aug_train), m_layer + pos_probe.predict(aug_test)]
         row = _metric_columns(score_prediction(target, probe.predict(acts_test), data, positioned[1]))
         train = score_prediction(target, probe.predict(acts_train), data, positioned[0], split=0)
     except NonFiniteError as err:
