@@ -116,3 +116,13 @@ def test_decoder_finetune_keeps_the_latent_space_and_lowers_the_loss(tmp_path):
     losses = finetune_decoder(vae, images, steps=30, batch=8, lr=1e-3)
     assert torch.allclose(encode_means(vae, images), before, atol=1e-5)  # encoder untouched: the U-Net stays valid
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+
+
+def test_wilson_interval_brackets_the_proportion():
+    from ldm.toy.quality import wilson_interval
+
+    lo, hi = wilson_interval(28, 70)
+    assert lo < 0.4 < hi and 0.28 < lo and hi < 0.53
+    lo, hi = wilson_interval(70, 70)  # all successes: the interval stays below 1 and away from the point
+    assert 0.94 < lo < 1.0 and hi == pytest.approx(1.0)
+    assert np.isnan(wilson_interval(0, 0)[0])

@@ -84,6 +84,15 @@ def predict_colour(classifier, images: np.ndarray, masks: np.ndarray) -> np.ndar
     return out
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n (sound near 0 and 1, unlike the normal approximation)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float((centre - half) / (1 + z * z / n)), float((centre + half) / (1 + z * z / n))
+
+
 @dataclass
 class Quality:
     n: int
@@ -91,6 +100,8 @@ class Quality:
     n_single: int  # images whose caption names exactly one object
     colour_match: float  # fraction of those whose masked colour reads as the named colour
     first_colour_match: float  # the same for every caption, against its first (salient) object's colour
+    found_ci: tuple[float, float] = (float("nan"), float("nan"))  # 95% Wilson intervals over images
+    colour_match_ci: tuple[float, float] = (float("nan"), float("nan"))
 
 
 def measure_quality(images: np.ndarray, captions: list[str], saliency: np.ndarray, classifier) -> Quality:
@@ -104,9 +115,12 @@ def measure_quality(images: np.ndarray, captions: list[str], saliency: np.ndarra
     first = np.array([COLOURS.index(n[0]) if n else -2 for n in named])
     single = np.array([len(n) == 1 for n in named])
     match = read == first
+    k_colour = int(match[single].sum())
     return Quality(n=len(images), found=float(found.mean()), n_single=int(single.sum()),
-                   colour_match=float(match[single].mean()) if single.any() else float("nan"),
-                   first_colour_match=float(match[first >= 0].mean()))
+                   colour_match=float(k_colour / single.sum()) if single.any() else float("nan"),
+                   first_colour_match=float(match[first >= 0].mean()),
+                   found_ci=wilson_interval(int(found.sum()), len(images)),
+                   colour_match_ci=wilson_interval(k_colour, int(single.sum())))
 
 
 def contact_sheet(images: np.ndarray, depth: np.ndarray, saliency: np.ndarray, captions: list[str],
@@ -192,8 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     sheet = result.pop("sheet")
     for name in ("generated", "renders", "vae_round_trip"):
         q = result[name]
-        print(f"{name:14s}: object found {q['found']:.1%} of {q['n']}; colour match {q['colour_match']:.1%} of "
-              f"{q['n_single']} one-object captions; first-named colour match {q['first_colour_match']:.1%}")
+        (f_lo, f_hi), (c_lo, c_hi) = q["found_ci"], q["colour_match_ci"]
+        print(f"{name:14s}: object found {q['found']:.1%} [{f_lo:.1%}, {f_hi:.1%}] of {q['n']}; colour match "
+              f"{q['colour_match']:.1%} [{c_lo:.1%}, {c_hi:.1%}] of {q['n_single']} one-object captions; "
+              f"first-named colour match {q['first_colour_match']:.1%}")
     if args.sheet:
         from PIL import Image
 
