@@ -101,12 +101,13 @@ def r2_beyond_position(pred: np.ndarray, truth: np.ndarray, mean_map: np.ndarray
 
 
 def depth_metrics(pred: np.ndarray, truth: np.ndarray, mean_map: np.ndarray,
-                  positioned: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                  positioned: np.ndarray | None = None, ranks: bool = True) -> dict[str, np.ndarray]:
     """Per-image depth metrics for `(image, H, W)` predictions and truth in standardised units, `mean_map (H, W)`.
 
     rmse: sqrt(mean (truth - pred)^2). pearson / spearman (Pearson of average ranks): NaN when either map is constant.
     r2_beyond_position: `r2_beyond_position` of `pred`, or of `positioned (image, H, W)` when given: the prediction of
-    a probe that also sees the mean map as an input channel (`baselines.with_position`)."""
+    a probe that also sees the mean map as an input channel (`baselines.with_position`). ranks=False skips Spearman
+    (NaN), the costly part (two sorts per image), where only the other metrics are needed."""
     n = len(pred)
     p = pred.reshape(n, -1).astype(np.float64)
     t = truth.reshape(n, -1).astype(np.float64)
@@ -115,7 +116,7 @@ def depth_metrics(pred: np.ndarray, truth: np.ndarray, mean_map: np.ndarray,
     return {
         "rmse": np.sqrt(((t - p) ** 2).mean(1)),
         "pearson": _pearson_rows(p, t),
-        "spearman": _pearson_rows(rankdata(p, axis=1), rankdata(t, axis=1)),
+        "spearman": _pearson_rows(rankdata(p, axis=1), rankdata(t, axis=1)) if ranks else np.full(n, np.nan),
         "r2_beyond_position": r2_beyond_position(q, t, m),
         "constant_truth": np.ptp(t, axis=1) == 0,
     }
@@ -187,6 +188,7 @@ def score_depth(
     seed: int = 0,
     images_per_chunk: int = 16,
     positioned: np.ndarray | None = None,
+    ranks: bool = True,
 ) -> Scores:
     """Score depth predictions `(image, h, w)` against depth `(image, H, W)`, both standardised with the training
     split's mean and std (`DepthScaler`); `mean_map (H, W)` is the training split's mean standardised depth map
@@ -196,6 +198,7 @@ def score_depth(
     channel (`baselines.with_position`); when given, R2 beyond position scores it instead of `pred`, at image
     resolution with the map's detail finer than the layer added back (position is free at every resolution, so a
     probe that only reproduces the layer-resolution map scores 0 at both).
+    ranks=False skips Spearman (NaN estimates).
     Flags: n_nonfinite, n_constant_depth (Spearman/Pearson undefined there, excluded and counted)."""
     h, w = pred.shape[-2:]
     maps = {"image": np.asarray(mean_map, np.float32),
@@ -218,7 +221,7 @@ def score_depth(
             p, t = _layer_and_image(np.where(bad[:, None, None], 0.0, pr), tr, res)
             q = None if positioned is None else (
                 _layer_and_image(np.where(bad[:, None, None], 0.0, rr), tr, res)[0] + detail[res])
-            d = depth_metrics(p, t, maps[res], q)
+            d = depth_metrics(p, t, maps[res], q, ranks)
             if res == resolutions[0]:
                 flags["n_constant_depth"] += int(d["constant_truth"].sum())
             for k in ("rmse", "pearson", "spearman", "r2_beyond_position"):

@@ -136,3 +136,14 @@ def test_positioned_probe_that_only_knows_position_scores_zero_at_both_resolutio
                      positioned=np.broadcast_to(layer_map, (5, 4, 4)))
     assert sc.estimates["image/r2_beyond_position"].mean == pytest.approx(0.0, abs=1e-5)
     assert sc.estimates["layer/r2_beyond_position"].mean == pytest.approx(0.0, abs=1e-5)
+
+
+def test_depth_scores_without_ranks_skip_only_spearman():
+    rng = np.random.default_rng(5)
+    t = rng.standard_normal((4, 8, 8)).astype(np.float32)
+    pred = (t + 0.3 * rng.standard_normal((4, 8, 8))).astype(np.float32)
+    full = score_depth(pred, t, np.zeros((8, 8)), n_boot=20)
+    fast = score_depth(pred, t, np.zeros((8, 8)), n_boot=20, ranks=False)
+    assert np.isnan(fast.estimates["image/spearman"].mean) and full.estimates["image/spearman"].mean > 0.8
+    for k in ("rmse", "pearson", "r2_beyond_position"):
+        assert fast.estimates[f"image/{k}"].mean == pytest.approx(full.estimates[f"image/{k}"].mean)

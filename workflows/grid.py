@@ -134,13 +134,13 @@ TRAIN_SCORE = {"saliency": "image/dice_fg", "depth": "image/r2_beyond_position"}
 def score_prediction(target: str, pred: np.ndarray, data: GridData, positioned: np.ndarray | None = None,
                      split: int = 1) -> Scores:
     """Score predictions `(image, h, w)` for `target` (probability for saliency, standardised depth) on the test
-    (`split=1`) or training (`split=0`: image resolution, no bootstrap) images; `positioned`: the depth probe's with
-    the mean map as an extra channel, for R2 beyond position."""
+    (`split=1`) or training (`split=0`: image resolution, no bootstrap, no Spearman: only `TRAIN_SCORE` is kept)
+    images; `positioned`: the depth probe's with the mean map as an extra channel, for R2 beyond position."""
     truth = data.labels[target][split]
     kw = {"n_boot": data.n_boot, "seed": data.seed} if split else {"n_boot": 1, "resolutions": ("image",)}
     if target == "saliency":
         return score_saliency(pred, truth, **kw)
-    return score_depth(pred, truth, data.mean_maps["depth"], positioned=positioned, **kw)
+    return score_depth(pred, truth, data.mean_maps["depth"], positioned=positioned, ranks=bool(split), **kw)
 
 
 def fit_and_score(acts_train: np.ndarray, acts_test: np.ndarray, target: str, data: GridData,
