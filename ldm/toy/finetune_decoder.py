@@ -20,16 +20,15 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from ldm.toy.render import render_batch
+from ldm.toy.quality import vae_round_trip
+from ldm.toy.render import HELD_OUT_SEED, render_batch
 from ldm.toy.train_data import BatchOrder, load_dataset, to_tensor
 from ldm.toy.train_ldm import encode_means, pixel_weights
 
 
 def round_trip_rmse(vae: AutoencoderKL, images: np.ndarray) -> float:
     """RMSE in grey levels of uint8 `(image, 64, 64, 3)` images after encode (mean) and decode."""
-    with torch.no_grad():
-        y = vae.decode(encode_means(vae, images)).sample.clamp(-1, 1)
-    return float(((y - to_tensor(images)) * 127.5).pow(2).mean().sqrt())
+    return float(np.sqrt(((vae_round_trip(vae, images).astype(np.float64) - images) ** 2).mean()))
 
 
 def finetune_decoder(vae: AutoencoderKL, images: np.ndarray, steps: int, batch: int = 16, lr: float = 2e-4,
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = Path(args.model) / "vae"
     vae = AutoencoderKL.from_pretrained(str(folder))
     images, _ = load_dataset(args.data, args.n_scenes)
-    held_out = render_batch(list(range(1_000_000, 1_000_256))).rgb
+    held_out = render_batch(list(range(HELD_OUT_SEED, HELD_OUT_SEED + 256))).rgb
     before = round_trip_rmse(vae, held_out)
     losses = finetune_decoder(vae, images, args.steps, args.batch, args.lr, seed=args.seed, max_minutes=args.minutes)
     after = round_trip_rmse(vae, held_out)

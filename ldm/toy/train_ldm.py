@@ -96,6 +96,13 @@ class Log:
         eta = (total - step) / max(rate, 1e-9)
         print(f"{stage} step {step}/{total} loss {loss:.5f} lr {lr:.2g} {rate:.2f} steps/s eta {eta / 60:.1f} min", flush=True)
 
+    def tick(self, stage: str, step: int, total: int, losses: list[float], lr: float, t_start: float) -> None:
+        """After each step: every 25 steps and at the last, write the mean loss of the last 25 steps and the rate
+        since `t_start` (this session's steps are `losses`)."""
+        if step % 25 == 0 or step == total:
+            elapsed = time.time() - t_start
+            self.write(stage, step, total, float(np.mean(losses[-25:])), lr, len(losses) / elapsed, elapsed)
+
 
 def lr_at(step: int, base: float, warmup: int) -> float:
     """Linear warmup, then constant: runs may stop early (--max-minutes), and the EMA does the final averaging."""
@@ -180,9 +187,7 @@ def train_vae(model: ToyLDM, images: np.ndarray, cfg: TrainConfig, state: dict, 
         opt.step()
         losses.append(loss.item())
         state["vae_step"], state["vae_position"] = step + 1, order.position
-        if state["vae_step"] % 25 == 0 or state["vae_step"] == cfg.vae_steps:
-            rate = len(losses) / (time.time() - t_start)
-            log.write("vae", state["vae_step"], cfg.vae_steps, float(np.mean(losses[-25:])), lr, rate, time.time() - t_start)
+        log.tick("vae", state["vae_step"], cfg.vae_steps, losses, lr, t_start)
         if time.time() - t_save > cfg.save_every_s:
             save(opt)
             t_save = time.time()
@@ -259,9 +264,7 @@ def train_unet(model: ToyLDM, latents: torch.Tensor, ids: torch.Tensor, empty_id
         ema_update(ema, modules, min(cfg.ema_decay, (1 + step) / (10 + step)))
         losses.append(loss.item())
         state["unet_step"], state["unet_position"] = step + 1, order.position
-        if state["unet_step"] % 25 == 0 or state["unet_step"] == cfg.unet_steps:
-            rate = len(losses) / (time.time() - t_start)
-            log.write("unet", state["unet_step"], cfg.unet_steps, float(np.mean(losses[-25:])), lr, rate, time.time() - t_start)
+        log.tick("unet", state["unet_step"], cfg.unet_steps, losses, lr, t_start)
         if time.time() - t_save > cfg.save_every_s:
             save(opt)
             t_save = time.time()
