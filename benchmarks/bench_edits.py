@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ldm.capture import ArraySink, capture  # noqa: E402
 from ldm.labelers import Labeler  # noqa: E402
 from ldm.loading import load_model  # noqa: E402
-from ldm.toy.render import render_batch  # noqa: E402
+from ldm.toy.render import HELD_OUT_SEED, render_batch  # noqa: E402
 from probes.fit import fit_probe  # noqa: E402
 from probes.metrics import bootstrap_ci  # noqa: E402
 from workflows.edit_generation import EditStats, run_edits, score  # noqa: E402
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{act_norm:.2f}", flush=True)
 
     # 2. Held-out images, their masks and targets.
-    test_seeds = list(range(1_000_000, 1_000_000 + args.test))
+    test_seeds = list(range(HELD_OUT_SEED, HELD_OUT_SEED + args.test))
     prompts = render_batch(test_seeds).captions
     originals = (labeler(generate_batched(model, prompts, test_seeds, args.batch)[0]) > 0.5).astype(np.float32)
     moves = draw_translations(test_seeds, TargetSpec(count=args.targets), (H, W))

@@ -15,9 +15,8 @@ import time
 import numpy as np
 from scipy.stats import rankdata
 
-from ldm.toy.render import render_batch
+from ldm.toy.render import HELD_OUT_SEED, render_batch
 
-HELD_OUT_SEED = 1_000_000  # seeds >= this are held out (docs/CONTRACTS.md)
 
 
 def spearman_per_image(pred: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from workflows.config import RunConfig
 
-TOY_TEST_SEED = 1_000_000  # toy-world convention: scene seeds >= 1e6 are held out
 PROMPT_COLUMNS = ("prompt", "prompts")
 SEED_COLUMNS = ("seed", "seeds")
 SPLITS = ("train", "test")
@@ -146,10 +145,12 @@ def toy_captions(seeds: list[int]) -> list[str]:
 
 
 def toy_plan(cfg: RunConfig) -> Plan:
+    from ldm.toy.render import HELD_OUT_SEED  # the toy world's convention: scene seeds >= 1e6 are held out
+
     n = cfg.num_images
     n_test = round(n * cfg.test_fraction)
     first = cfg.prompts.first_seed
-    seeds = [first + i for i in range(n - n_test)] + [TOY_TEST_SEED + first + i for i in range(n_test)]
+    seeds = [first + i for i in range(n - n_test)] + [HELD_OUT_SEED + first + i for i in range(n_test)]
     splits = ["train"] * (n - n_test) + ["test"] * n_test
     return Plan(toy_captions(seeds), seeds, splits)
 

@@ -195,11 +195,14 @@ def sample_grid(pipe: StableDiffusionPipeline, captions: list[str], real: np.nda
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
-def write_samples(folder: str | Path, png: str | Path, n: int = 8, first_seed: int = 1_000_000) -> list[str]:
-    """Grid PNG of held-out scenes (real render on top, generated from its caption below); returns the captions."""
+def write_samples(folder: str | Path, png: str | Path, n: int = 8, first_seed: int | None = None) -> list[str]:
+    """Grid PNG of held-out scenes from `first_seed` (default: the first held-out seed), real render on top,
+    generated from its caption below; returns the captions."""
     from PIL import Image
 
-    from ldm.toy.render import render_batch
+    from ldm.toy.render import HELD_OUT_SEED, render_batch
+
+    first_seed = HELD_OUT_SEED if first_seed is None else first_seed
 
     held_out = render_batch(list(range(first_seed, first_seed + n)), size=64)
     grid = sample_grid(load_pipeline(folder), list(held_out.captions), real=held_out.rgb)

@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ldm.toy.captions import COLOURS, SHAPES
-from ldm.toy.render import CAPTION_MIN_AREA, render_batch
+from ldm.toy.render import CAPTION_MIN_AREA, HELD_OUT_SEED, render_batch
 
-HELD_OUT_SEED = 1_000_000
 _PHRASE = re.compile(rf"\b(?:a|an) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b")
 
 

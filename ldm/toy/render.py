@@ -21,6 +21,7 @@ from ldm.toy.scene import MAX_OBJECTS, Primitive, Scene, sample_scene
 FAR = 40.0  # depth of the sky, and cap of any farther depth (scene units)
 MIN_SIZE, MAX_SIZE = 16, 1024
 CAPTION_MIN_AREA = 0.005  # an object must cover this fraction of the frame to be named in the caption
+HELD_OUT_SEED = 1_000_000  # scene seeds below are training scenes, seeds from here on are held out
 
 # Surface codes in the hit map (objects are 0..k-1).
 FLOOR, WALL, CEILING, SKY = -1, -2, -3, -4

@@ -33,9 +33,7 @@ from ldm.toy.labelers import (
     save_labeler,
     standardise,
 )
-from ldm.toy.render import render_batch
-
-HELD_OUT_SEED = 1_000_000
+from ldm.toy.render import HELD_OUT_SEED, render_batch
 
 
 def depth_target(depth: np.ndarray) -> torch.Tensor:
