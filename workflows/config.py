@@ -24,6 +24,9 @@ class ConfigError(ValueError):
     """A config file or value that cannot be used; the message says which field and why."""
 
 
+STAGES = ("generate", "controls", "label", "probe", "intervene", "report")  # in the order a run chains them
+
+
 @dataclass
 class PromptsConfig:
     """Where the (prompt, seed) items come from.
@@ -115,7 +118,7 @@ class RunConfig:
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
     interventions: dict[str, Any] = field(default_factory=dict)  # fields of workflows.interventions.InterventionConfig
-    stages: list[str] = field(default_factory=lambda: ["generate", "controls", "label", "probe", "intervene", "report"])
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
 
 
 # Fields that may differ between a run and its resume: they change scheduling or location, never the data.
@@ -130,7 +133,7 @@ _CHOICES = {
     "probes.targets": ("saliency", "depth"),
     "probes.mode": ("ours", "paper"),
     "probes.controls": ("permuted",),
-    "stages": ("generate", "controls", "label", "probe", "intervene", "report"),
+    "stages": STAGES,
 }
 
 
@@ -201,8 +204,9 @@ def _build(cls, data: dict[str, Any], prefix: str = ""):
 def validate(cfg: RunConfig) -> RunConfig:
     """Check value ranges and combinations; raise ConfigError naming the field."""
     p = cfg.prompts
+    fields = to_dict(cfg)
     for name, choices in _CHOICES.items():
-        value = to_dict(cfg)
+        value = fields
         for part in name.split("."):
             value = value[part]
         for v in value if isinstance(value, list) else [value]:
@@ -252,9 +256,7 @@ def intervention_config(cfg: RunConfig):
     try:
         return InterventionConfig(**cfg.interventions)
     except TypeError as err:
-        import dataclasses as dc
-
-        valid = ", ".join(f.name for f in dc.fields(InterventionConfig))
+        valid = ", ".join(f.name for f in dataclasses.fields(InterventionConfig))
         raise ConfigError(f"interventions: {err}; valid keys in interventions: {valid}") from None
     except ValueError as err:
         raise ConfigError(f"interventions: {err}") from None
@@ -309,11 +311,12 @@ def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict with dotted keys: {"probes": {"mode": "ours"}} -> {"probes.mode": "ours"}."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[prefix + k] = v
     return out
@@ -321,7 +324,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def data_differences(a: RunConfig | dict, b: RunConfig | dict) -> list[str]:
     """Dotted names of the fields that change the generated data and differ between two configs, e.g. ["steps"]."""
-    fa = _flatten(a if isinstance(a, dict) else to_dict(a))
-    fb = _flatten(b if isinstance(b, dict) else to_dict(b))
+    fa = flatten(a if isinstance(a, dict) else to_dict(a))
+    fb = flatten(b if isinstance(b, dict) else to_dict(b))
     return sorted(k for k in set(fa) | set(fb)
                   if k not in RUNTIME_FIELDS and not k.startswith(STAGE_SECTIONS) and fa.get(k) != fb.get(k))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from ldm.errors import UserError
-from workflows.config import ConfigError, RunConfig, load_config
+from workflows.config import STAGES, ConfigError, RunConfig, load_config
 from workflows.generate import Shard, describe, generate_shard, load, make_shards
 from workflows.progress import Progress
 from workflows.ray_session import ensure_ray
@@ -27,7 +27,6 @@ from workflows.store import (RunExistsError, ShardWriter, bytes_on_disk, check_o
                              failure_records, load_layout, load_plan, load_run_config, mark_failed, shard_states,
                              write_manifest)
 
-STAGES = ("generate", "controls", "label", "probe", "intervene", "report")
 MANIFEST_EVERY = 5.0  # seconds between manifest rewrites while running (it is rewritten once more at the end)
 
 

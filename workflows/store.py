@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import yaml
 import zarr
 
-from workflows.config import RunConfig, data_differences, from_dict, to_dict
+from workflows.config import RunConfig, data_differences, dump_config, flatten, from_dict, to_dict
 from workflows.prompts import Plan
 
 STORE = "store.zarr"  # the Zarr group inside the output location; records and manifest sit beside it
@@ -134,7 +134,7 @@ def check_output(cfg: RunConfig, resume: bool) -> bool:
     if stored is not None:
         diff = data_differences(stored, cfg)
         if diff:
-            old, new = _flat(stored), _flat(to_dict(cfg))
+            old, new = flatten(stored), flatten(to_dict(cfg))
             detail = "; ".join(f"{k}: stored {old.get(k)!r}, given {new.get(k)!r}" for k in diff)
             raise RunExistsError(f"output {cfg.output!r} holds a different run; fields that differ: {detail}. "
                                  "Use another output location, or the stored config to resume it.")
@@ -151,13 +151,6 @@ def check_output(cfg: RunConfig, resume: bool) -> bool:
         if attrs is None or "sceneprobe" not in json.loads(attrs).get("attributes", {}):
             raise RunExistsError(f"output {cfg.output!r} exists and is not a sceneprobe run; refusing to write there")
     return False
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
 
 
 def create_store(cfg: RunConfig, plan: Plan, layout: Layout) -> None:
@@ -184,7 +177,7 @@ def create_store(cfg: RunConfig, plan: Plan, layout: Layout) -> None:
         arr = root.create_array(name, shape=(n,), chunks=(n,), dtype=dtype, dimension_names=("image",))
         arr[:] = values
     write_manifest(cfg.output, plan, cfg.shard_size, {}, set())
-    write_atomic(cfg.output, "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+    write_atomic(cfg.output, "config.yaml", dump_config(cfg).encode())
 
 
 def open_store(output: str, mode: str = "r") -> zarr.Group:
@@ -196,15 +189,13 @@ def open_store(output: str, mode: str = "r") -> zarr.Group:
 
 def complete_images(output: str) -> np.ndarray:
     """Boolean mask over images: True where the image's shard has its completion record."""
-    n = _manifest_rows(output)
-    shard_size = load_run_config(output).shard_size
-    done = completion_records(output)
-    return np.array([i // shard_size in done for i in range(n)], dtype=bool)
+    shard_of = np.arange(_manifest_rows(output)) // load_run_config(output).shard_size
+    return np.isin(shard_of, list(completion_records(output)))
 
 
 def load_plan(output: str) -> Plan:
     """The stored plan (from manifest.parquet): a resumed run uses exactly these items and splits."""
-    t = pq.read_table(_manifest_path(output), filesystem=_fs(output)[0])
+    t = read_manifest(output)
     return Plan(t["prompt"].to_pylist(), t["seed"].to_pylist(), t["split"].to_pylist())
 
 
@@ -354,8 +345,11 @@ def shard_states(output: str) -> list[str]:
     n = _manifest_rows(output)
     cfg = load_run_config(output)
     done, failed = completion_records(output), failure_records(output)
-    return ["complete" if s in done else "failed" if s in failed else "pending"
-            for s in range(len(shard_ranges(n, cfg.shard_size)))]
+    return [_state(s, done, failed) for s in range(len(shard_ranges(n, cfg.shard_size)))]
+
+
+def _state(shard: int, done, failed) -> str:
+    return "complete" if shard in done else "failed" if shard in failed else "pending"
 
 
 # ---------------------------------------------------------------- manifest
@@ -372,7 +366,7 @@ def _manifest_rows(output: str) -> int:
 def write_manifest(output: str, plan: Plan, shard_size: int, done: dict[int, dict] | set[int], failed: set[int]) -> None:
     """Rewrite manifest.parquet atomically: image, prompt, seed, split, shard, status (complete/failed/pending)."""
     shard = [i // shard_size for i in range(len(plan))]
-    status = ["complete" if s in done else "failed" if s in failed else "pending" for s in shard]
+    status = [_state(s, done, failed) for s in shard]
     table = pa.table({
         "image": pa.array(range(len(plan)), pa.int64()),
         "prompt": pa.array(plan.prompts, pa.string()),
