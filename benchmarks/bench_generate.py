@@ -26,19 +26,13 @@ import torch  # noqa: E402
 
 from workflows.config import PromptsConfig, RunConfig  # noqa: E402
 from workflows.generate import describe, generate_shard, load, make_shards  # noqa: E402
-from workflows.prompts import Plan  # noqa: E402
+from workflows.prompts import Plan, toy_captions  # noqa: E402
 from workflows.store import ShardWriter, bytes_on_disk, create_store  # noqa: E402
 
 
 def prompts_for(n: int) -> Plan:
     seeds = list(range(n))
-    try:
-        from ldm.toy.render import render_batch
-
-        prompts = render_batch(seeds).captions
-    except ImportError:  # the toy world is optional here: any fixed prompts do
-        prompts = [f"a red cube left of a blue sphere, scene {i}" for i in seeds]
-    return Plan(prompts, seeds, ["train"] * n)
+    return Plan(toy_captions(seeds), seeds, ["train"] * n)
 
 
 def main() -> None:

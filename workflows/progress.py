@@ -29,12 +29,14 @@ def format_bytes(n: float) -> str:
 
 @dataclass
 class Progress:
-    """Counts images; prints `images done/total, images/s, ETA` at most every `every` seconds (and at the end).
+    """Counts work items (images by default); prints `images done/total, images/s, ETA` at most every `every` seconds
+    (and when forced, at the end).
 
-    `already` images were complete before this session (a resumed run) and do not count toward the rate.
+    `already` items were complete before this session (a resumed run) and do not count toward the rate.
     """
 
     total: int
+    unit: str = "images"
     already: int = 0
     every: float = 10.0
     stream: TextIO = field(default_factory=lambda: sys.stderr)
@@ -54,11 +56,11 @@ class Progress:
         left = self.total - finished - self.failed
         eta = _duration(left / rate) if rate > 0 and left > 0 else "-" if left > 0 else "0s"
         failed = f", {self.failed} failed" if self.failed else ""
-        return (f"images {finished}/{self.total} ({100 * finished / max(self.total, 1):.0f}%){failed}, "
-                f"{rate:.2f} images/s, ETA {eta}")
+        return (f"{self.unit} {finished}/{self.total} ({100 * finished / max(self.total, 1):.0f}%){failed}, "
+                f"{rate:.2f} {self.unit}/s, ETA {eta}")
 
-    def update(self, images: int = 0, failed: int = 0, force: bool = False) -> None:
-        self.done += images
+    def update(self, done: int = 0, failed: int = 0, force: bool = False) -> None:
+        self.done += done
         self.failed += failed
         now = time.monotonic()
         if force or now - self._last >= self.every:

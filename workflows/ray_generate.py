@@ -21,6 +21,9 @@ from workflows.generate import Shard, describe, generate_shard, load
 from workflows.store import Layout, ShardWriter
 
 
+PROBE_SECONDS = 0.5  # how often a restarting actor is asked whether it is back
+
+
 class GeneratorActor:
     """Holds one loaded pipeline and one store writer for the actor's lifetime."""
 
@@ -150,9 +153,6 @@ def run_shards(
                 on_done(shard, result)
             idle.append(a)
     return list(queue)
-
-
-PROBE_SECONDS = 0.5
 
 
 def _shard_failed(cfg, shard, actor, err, attempts, failed_on, queue, on_failed) -> None:

@@ -27,7 +27,7 @@ from workflows.findings import HEADLINE, check_claim, compare, curve_series, sel
 from workflows.figures import Series, depth_image, heatmap_svg, line_chart_svg, mask_image, png_bytes
 from workflows.store import read_file, stored_config
 
-PRIMARY = {"saliency": ("dice", "higher", "Dice"), "depth": ("r2_pos", "higher", "R2 beyond position")}
+PRIMARY = {target: (metric, "higher", label) for target, (metric, label) in HEADLINE.items()}  # higher is better
 VARIANTS = ("ldm", "permuted", "shuffled")
 VARIANT_NAMES = {"ldm": "LDM", "permuted": "permuted-weights control", "shuffled": "shuffled-label control"}
 COMMANDS = {  # what produces each input (the same names as the other stages' error messages)

@@ -74,7 +74,7 @@ def generate(cfg: RunConfig, resume: bool = False, use_ray: bool = True, address
     def on_done(shard: Shard, record: dict) -> None:
         done[shard.index] = record
         failed.discard(shard.index)
-        progress.update(images=shard.stop - shard.start)
+        progress.update(done=shard.stop - shard.start)
         if time.monotonic() - last_manifest[0] > MANIFEST_EVERY:
             write_manifest(cfg.output, plan, cfg.shard_size, done, failed)
             last_manifest[0] = time.monotonic()

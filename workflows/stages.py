@@ -15,6 +15,7 @@ from ldm.errors import UserError
 from workflows.config import RunConfig
 from workflows.grid import plan_groups, prepare_grid_data, run_grid, variant_output
 from workflows.labels import label_shards, labelled_shards, load_labeler
+from workflows.progress import Progress
 from workflows.store import completion_records, stored_config
 
 
@@ -86,20 +87,9 @@ def run_probes(cfg: RunConfig, use_ray: bool = True, stream: TextIO | None = Non
         from workflows.ray_grid import fit_groups_with_ray
 
         fit_many = fit_groups_with_ray(cfg.output, data)
-    counter = {"done": 0, "last": 0.0}
-    start = time.monotonic()
-
-    def progress(n: int) -> None:
-        counter["done"] += n
-        now = time.monotonic()
-        if now - counter["last"] >= cfg.progress_every or counter["done"] == len(groups):
-            rate = counter["done"] / max(now - start, 1e-9)
-            eta = (len(groups) - counter["done"]) / rate if rate else float("nan")
-            print(f"probes: {counter['done']}/{len(groups)} groups, {rate:.2f} groups/s, ETA {eta:.0f}s",
-                  file=stream, flush=True)
-            counter["last"] = now
-
-    table = run_grid(cfg.output, groups, data, fit_many=fit_many, progress=progress)
+    progress = Progress(total=len(groups), unit="probe groups", every=cfg.progress_every, stream=stream)
+    table = run_grid(cfg.output, groups, data, fit_many=fit_many, progress=progress.update)
+    progress.update(force=True)
     print(f"probes: {table.num_rows} probes scored on {len(data.test)} test images -> "
           f"{cfg.output}/probes/metrics.parquet", file=stream, flush=True)
     return table
