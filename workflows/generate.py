@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from workflows.config import ConfigError, RunConfig
 from workflows.prompts import Plan
@@ -70,23 +69,14 @@ def describe(model, cfg: RunConfig) -> Layout:
     return Layout(acts=acts, image=tuple(model.image_size), steps=cfg.steps)
 
 
-def _to_numpy(act) -> np.ndarray:
-    """A captured tensor `(batch, h, w, c)` as a host array in its own dtype (the writer casts and copies it)."""
-    if not hasattr(act, "detach"):
-        return np.asarray(act)
-    act = act.detach()
-    if act.dtype not in (torch.float16, torch.float32, torch.float64):
-        act = act.float()  # bfloat16 has no numpy dtype
-    return act.cpu().numpy()
-
-
 def generate_shard(model, cfg: RunConfig, shard: Shard, writer: ShardWriter, attempt: int = 0,
                    info: dict | None = None) -> dict:
     """Generate `shard` and write it; returns the completion record (plus `info`), which is written last.
 
-    The sink copies each `(batch, h, w, c)` activation into the batch buffer as it is produced; the finished batch is
-    written by the writer's thread while the next batch runs (see `ShardWriter`). Batches are fixed slices of the
-    shard, so a regenerated shard repeats exactly the same computations as the first attempt.
+    The sink hands each `(batch, h, w, c)` activation to the writer, which copies it into the batch buffer as it is
+    produced (asynchronously from a GPU); the finished batch is written by the writer's threads while the next batch
+    runs (see `ShardWriter`). Batches are fixed slices of the shard, so a regenerated shard repeats exactly the same
+    computations as the first attempt.
     """
     _, capture = backend(cfg)
     hooks = None if cfg.hooks is None else list(cfg.hooks)
@@ -97,7 +87,7 @@ def generate_shard(model, cfg: RunConfig, shard: Shard, writer: ShardWriter, att
         b = min(a + cfg.batch_size, shard.stop)
 
         def sink(step: int, name: str, act, a=a) -> None:
-            writer.write_act(name, a, step, _to_numpy(act))
+            writer.write_act(name, a, step, act)
 
         with capture(model, sink, hooks=hooks, extras=tuple(cfg.extras)):
             images = model.generate(shard.prompts[a - shard.start:b - shard.start], shard.seeds[a - shard.start:b - shard.start])

@@ -26,6 +26,7 @@ import queue
 import threading
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -36,6 +37,8 @@ import zarr
 
 from workflows.config import RunConfig, data_differences, dump_config, flatten, from_dict, to_dict
 from workflows.prompts import Plan
+from workflows.shardfile import direct_compressor, write_shard
+from workflows.staging import HostStaging
 
 STORE = "store.zarr"  # the Zarr group inside the output location; records and manifest sit beside it
 FLOAT32_EXTRAS = ("latent", "x0")  # small and used for exact comparisons; attention outputs are stored as float16
@@ -214,27 +217,41 @@ def load_run_config(output: str) -> RunConfig:
 
 
 class ShardWriter:
-    """Writes shards: buffers one batch's activations, then writes them from a background thread.
+    """Writes shards: buffers one batch's activations, then writes them from background threads.
 
     Each activation array is a Zarr shard per batch `(batch, step, h, w, c)` holding one inner chunk per step, so a
-    batch costs one file per hook point (not one per hook and step) and is written whole, never read back. While the
-    thread encodes and writes batch k, the model computes batch k+1; the queue holds at most one batch, so memory stays
-    bounded by two batches of activations. A write error (disk full, lost bucket) is raised by the next call and by
-    `flush`, and the completion record is written only after every queued write is on storage. One writer per
-    process; an actor keeps it for all its shards.
+    batch costs one file per hook point (not one per hook and step) and is written whole, never read back. While
+    `threads` threads write batch k (one hook point each, whole shards straight to storage through `shardfile`,
+    bypassing Zarr's slow generic path), the model computes batch k+1. The queue holds at most one batch, so memory
+    stays bounded by about two batches of activations; written buffers are kept and reused, since fresh gigabyte
+    buffers cost more in page faults than the copies into them. CUDA activations are copied to pinned buffers
+    asynchronously (`HostStaging`), so capture does not stall the GPU. A write error (disk full, lost bucket) is
+    raised by the next call and by `flush`, and the completion record is written only after every queued write is on
+    storage. One writer per process; an actor keeps it for all its shards. direct=False sends every write through
+    Zarr (for comparison in benchmarks/bench_sd14.py).
     """
 
-    def __init__(self, output: str):
-        self.output = output
+    def __init__(self, output: str, threads: int = 4, direct: bool = True):
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.output, self.direct = output, direct
         self.root = zarr.open_group(_zarr_store(output), mode="r+")
         self.arrays: dict[str, zarr.Array] = {}
-        self._buffers: dict[str, np.ndarray] = {}  # the current batch: name -> (batch, step, h, w, c)
+        self._buffers: dict[str, np.ndarray] = {}  # the current batch: name -> (step, batch, h, w, c)
+        self._keys: dict[str, tuple] = {}  # name -> the buffer's pool key
         self._filled: dict[str, set[int]] = {}
         self._start: int | None = None
+        self._staging = HostStaging()
+        self._compressors: dict[str, Any] = {}  # name -> shardfile.direct_compressor
+        self._fs, root = _fs(output)
+        self._store_root = posixpath.join(root, STORE)
+        self._pool: dict[tuple, list[np.ndarray]] = {}  # written batch buffers by (shape, dtype, pinned)
+        self._pool_lock = threading.Lock()
         acts = len(self.root.attrs["sceneprobe"]["layout"]["acts"])
         self._queue: queue.Queue = queue.Queue(maxsize=acts + 1)
         self._error: BaseException | None = None
-        threading.Thread(target=self._drain, name="shard-writer", daemon=True).start()
+        for k in range(threads):
+            threading.Thread(target=self._drain, name=f"shard-writer-{k}", daemon=True).start()
 
     def _array(self, path: str) -> zarr.Array:
         if path not in self.arrays:
@@ -243,28 +260,46 @@ class ShardWriter:
 
     def _drain(self) -> None:
         while True:
-            arr, selection, data = self._queue.get()
+            write, args, recycle = self._queue.get()
             try:
                 if self._error is None:  # after a failure the rest of the shard is dropped; it will be retried
-                    arr[selection] = data
+                    write(*args)
             except BaseException as err:  # noqa: BLE001 - handed to the producer thread, which raises it
-                self._error = err
+                self._error = self._error or err
             finally:
+                if recycle is not None:
+                    with self._pool_lock:
+                        self._pool.setdefault(recycle[0], []).append(recycle[1])
                 self._queue.task_done()
 
-    def _put(self, arr: zarr.Array, selection: tuple, data: np.ndarray) -> None:
+    def _put(self, write, *args, recycle: tuple[tuple, np.ndarray] | None = None) -> None:
         if self._error is not None:
             self.flush()
-        self._queue.put((arr, selection, data))
+        self._queue.put((write, args, recycle))
+
+    def _buffer(self, shape: tuple[int, ...], dtype: np.dtype, like) -> tuple[tuple, np.ndarray]:
+        """(pool key, batch buffer): a written one of the same kind if there is one, else a new one."""
+        key = (shape, np.dtype(dtype).str, bool(getattr(like, "is_cuda", False)))  # pinned for CUDA tensors
+        with self._pool_lock:
+            free = self._pool.get(key)
+            if free:
+                return key, free.pop()
+        return key, self._staging.empty(shape, dtype, like)
+
+    @staticmethod
+    def _zarr_write(arr: zarr.Array, selection: tuple, data: np.ndarray) -> None:
+        arr[selection] = data
 
     def begin(self) -> None:
         """Start a shard: wait for leftovers, drop a half-filled batch and the error of a shard that already failed."""
         self._queue.join()
+        self._staging.wait()
         self._error = None
-        self._buffers, self._filled, self._start = {}, {}, None
+        self._buffers, self._keys, self._filled, self._start = {}, {}, {}, None
 
-    def write_act(self, name: str, start: int, step: int, act: np.ndarray) -> None:
-        """act: (batch, h, w, c) for images [start, start + batch) at `step`; cast and copied into the batch buffer.
+    def write_act(self, name: str, start: int, step: int, act) -> None:
+        """act: (batch, h, w, c) for images [start, start + batch) at `step`, a numpy array or a torch tensor (CPU or
+        CUDA); cast and copied into the batch buffer.
 
         Steps may come in any order; a new `start` (the next batch) queues the previous batch.
         """
@@ -273,25 +308,37 @@ class ShardWriter:
             self._start = start
         if name not in self._buffers:
             arr = self._array(f"acts/{name}/act")
-            self._buffers[name] = np.empty((act.shape[0], arr.shape[1], *arr.shape[2:]), dtype=arr.dtype)
+            # step-major, so each step's slice is contiguous: the target of one device-to-host copy
+            self._keys[name], self._buffers[name] = self._buffer((arr.shape[1], act.shape[0], *arr.shape[2:]),
+                                                                 arr.dtype, act)
             self._filled[name] = set()
-        self._buffers[name][:, step] = act
+        self._staging.copy(self._buffers[name][step], act)
         self._filled[name].add(step)
 
     def write_images(self, start: int, images: np.ndarray) -> None:
         """images: (batch, H, W, 3) uint8 for images [start, start + batch)."""
         n = images.shape[0]
-        self._put(self._array("images"), (slice(start, start + n),), np.array(images, dtype=np.uint8, copy=True))
+        self._put(self._zarr_write, self._array("images"), (slice(start, start + n),),
+                  np.array(images, dtype=np.uint8, copy=True))
 
     def end_batch(self) -> None:
         """Queue the buffered batch of activations (every step must be there) for writing."""
+        self._staging.wait()
         for name, buf in self._buffers.items():
             arr = self._array(f"acts/{name}/act")
             if len(self._filled[name]) != arr.shape[1]:
                 raise RuntimeError(f"{name}: captured steps {sorted(self._filled[name])} of images from {self._start}; "
                                    f"expected all {arr.shape[1]} steps")
-            self._put(arr, (slice(self._start, self._start + buf.shape[0]),), buf)
-        self._buffers, self._filled, self._start = {}, {}, None  # queued buffers now belong to the writer thread
+            batch = arr.shards[0]
+            compressor = self._compressors.setdefault(name, direct_compressor(arr) if self.direct else False)
+            if compressor is not False and buf.shape[1] == batch and self._start % batch == 0:
+                self._put(write_shard, self._fs, self._store_root, arr, self._start // batch, buf, compressor,
+                          recycle=(self._keys[name], buf))
+            else:  # an edge batch, or a layout shardfile does not know
+                self._put(self._zarr_write, arr, (slice(self._start, self._start + buf.shape[1]),),
+                          buf.swapaxes(0, 1), recycle=(self._keys[name], buf))
+        # queued buffers now belong to the writer threads, which return them to the pool once written
+        self._buffers, self._keys, self._filled, self._start = {}, {}, {}, None
 
     def flush(self) -> None:
         """Wait until every queued chunk is written; raise (once) the first error since the last flush."""
