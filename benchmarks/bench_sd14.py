@@ -215,6 +215,8 @@ def cmd_gpu(args: argparse.Namespace) -> None:
                     cfg, writer = store_for(model, args.images, args.batch, args.steps, f"{tmp}/run", compression,
                                             int(threads))
                     generate_shard(model, cfg, Shard(0, 0, args.images, prompts, seeds), writer)
+                    sync(args.device)
+                    timings[label] = time.perf_counter() - start  # before sizing and deleting the store
                     store_mb[label] = round(folder_mb(f"{tmp}/run"))
             elif label == "copy_only":
                 copy_only(model, prompts, seeds, args.batch)
@@ -222,7 +224,8 @@ def cmd_gpu(args: argparse.Namespace) -> None:
                 for a in range(0, args.images, args.batch):
                     model.generate(prompts[a:a + args.batch], seeds[a:a + args.batch])
             sync(args.device)
-        timings[label], extra_mb[label] = time.perf_counter() - start, rss.extra_mb
+            timings.setdefault(label, time.perf_counter() - start)
+        extra_mb[label] = rss.extra_mb
         print(label, round(timings[label], 2), "s", extra_mb[label], "MB", flush=True)
     plain = min(timings["plain"], timings["plain_again"])
     on_cuda = args.device.startswith("cuda")

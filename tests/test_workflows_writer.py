@@ -118,3 +118,17 @@ def test_cuda_activations_are_staged_in_pinned_memory_and_land_exactly(tmp_path)
     write_all(str(tmp_path / "run"), acts, 2, lambda x: torch.from_numpy(x).cuda(), threads=4)
     for name, got in read_back(str(tmp_path / "run")).items():
         np.testing.assert_array_equal(got, acts[name].astype(np.float16), err_msg=name)
+
+
+def test_writer_benchmark_runs_both_paths_at_sd_shapes(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sd14.py"
+    out = subprocess.run([sys.executable, str(script), "writer", "--batch", "1", "--batches", "1", "--steps", "1",
+                          "--compression", "none", "--tmp", str(tmp_path)], capture_output=True, text=True, check=True)
+    rows = [line.split("|")[1].strip() for line in out.stdout.splitlines() if line.startswith("| d") or
+            line.startswith("| z")]
+    assert rows == ["direct", "zarr"]
+    assert not list(tmp_path.iterdir())  # each store is deleted after its row
