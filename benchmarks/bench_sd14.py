@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from workflows.config import PromptsConfig, RunConfig  # noqa: E402
 from workflows.generate import Shard, describe, generate_shard  # noqa: E402
 from workflows.prompts import Plan  # noqa: E402
 from workflows.staging import HostStaging  # noqa: E402
-from workflows.store import Layout, ShardWriter, create_store  # noqa: E402
+from workflows.store import Layout, ShardWriter, bytes_on_disk, create_store  # noqa: E402
 
 MODEL = "CompVis/stable-diffusion-v1-4"
 PROMPT = "a photograph of an astronaut riding a horse"
@@ -76,13 +77,13 @@ class RssSampler:
         return round(self.top - self.start)
 
 
-def store_for(model, n: int, batch: int, steps: int, output: str, compression: str = "zstd",
-              threads: int = 4) -> tuple[RunConfig, ShardWriter]:
+def store_for(n: int, batch: int, steps: int, output: str, layout_of: Callable[[RunConfig], Layout],
+              compression: str = "zstd", threads: int = 4, direct: bool = True) -> tuple[RunConfig, ShardWriter]:
+    """A fresh store for `n` images of PROMPT in one work shard, and its writer; `layout_of(cfg)` gives the shapes."""
     cfg = RunConfig(model=MODEL, steps=steps, prompts=PromptsConfig(source="file", path="-"), num_images=None,
                     output=output, shard_size=n, batch_size=batch, hooks=None, extras=[], compression=compression)
-    plan = Plan([PROMPT] * n, list(range(n)), ["train"] * n)
-    create_store(cfg, plan, describe(model, cfg))
-    return cfg, ShardWriter(output, threads=threads)
+    create_store(cfg, Plan([PROMPT] * n, list(range(n)), ["train"] * n), layout_of(cfg))
+    return cfg, ShardWriter(output, threads=threads, direct=direct)
 
 
 def measure_memory(batch: int, steps: int, device: str, dtype: str, capture: bool = True) -> dict:
@@ -92,7 +93,7 @@ def measure_memory(batch: int, steps: int, device: str, dtype: str, capture: boo
     loaded_mb = peak_rss_mb()
     prompts, seeds = [PROMPT] * batch, list(range(batch))
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, writer = store_for(model, batch, batch, steps, f"{tmp}/run")
+        cfg, writer = store_for(batch, batch, steps, f"{tmp}/run", lambda cfg: describe(model, cfg))
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
@@ -177,10 +178,6 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def folder_mb(path: str) -> float:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
-
-
 def copy_only(model, prompts: list[str], seeds: list[int], batch: int) -> None:
     """Generation with every activation copied to host memory and dropped: capture's cost without the store."""
     staging = HostStaging()
@@ -212,12 +209,12 @@ def cmd_gpu(args: argparse.Namespace) -> None:
             if label.startswith("capture_"):
                 compression, threads, *where = label.removeprefix("capture_").split(":")
                 with tempfile.TemporaryDirectory(dir=where[0] if where else args.tmp) as tmp:
-                    cfg, writer = store_for(model, args.images, args.batch, args.steps, f"{tmp}/run", compression,
-                                            int(threads))
+                    cfg, writer = store_for(args.images, args.batch, args.steps, f"{tmp}/run",
+                                            lambda cfg, m=model: describe(m, cfg), compression, int(threads))
                     generate_shard(model, cfg, Shard(0, 0, args.images, prompts, seeds), writer)
                     sync(args.device)
                     timings[label] = time.perf_counter() - start  # before sizing and deleting the store
-                    store_mb[label] = round(folder_mb(f"{tmp}/run"))
+                    store_mb[label] = round(bytes_on_disk(cfg.output) / 2**20)
             elif label == "copy_only":
                 copy_only(model, prompts, seeds, args.batch)
             else:
@@ -264,11 +261,8 @@ def cmd_writer(args: argparse.Namespace) -> None:
     for direct in (True, False):
         for compression in args.compression:
             with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-                cfg = RunConfig(model=MODEL, steps=args.steps, prompts=PromptsConfig(source="file", path="-"),
-                                num_images=None, output=f"{tmp}/run", shard_size=n, batch_size=args.batch,
-                                hooks=None, extras=[], compression=compression)
-                create_store(cfg, Plan([PROMPT] * n, list(range(n)), ["train"] * n), layout)
-                writer = ShardWriter(cfg.output, threads=args.threads, direct=direct)
+                _, writer = store_for(n, args.batch, args.steps, f"{tmp}/run", lambda cfg: layout, compression,
+                                      args.threads, direct)
                 start = time.perf_counter()
                 writer.begin()
                 for a in range(0, n, args.batch):

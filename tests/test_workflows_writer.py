@@ -1,5 +1,10 @@
 """The shard writer: device-to-host staging, direct shard files, threads. What goes in comes out, byte for byte."""
 
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
 import numpy as np
 import pytest
 import torch
@@ -61,8 +66,6 @@ def test_host_staging_copies_numpy_and_cpu_tensors_with_casts():
 
 @pytest.mark.parametrize("compressors", [None, zarr.codecs.ZstdCodec(level=1)])
 def test_direct_shard_files_are_byte_identical_to_zarrs(tmp_path, compressors):
-    import fsspec
-
     steps = np.random.default_rng(2).normal(size=(5, 3, 4, 4, 8)).astype(np.float16)  # (step, batch, h, w, c)
     root = zarr.open_group(str(tmp_path), mode="w")
     kw = dict(shape=(9, 5, 4, 4, 8), shards=(3, 5, 4, 4, 8), chunks=(3, 1, 4, 4, 8), dtype="float16",
@@ -121,10 +124,6 @@ def test_cuda_activations_are_staged_in_pinned_memory_and_land_exactly(tmp_path)
 
 
 def test_writer_benchmark_runs_both_paths_at_sd_shapes(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sd14.py"
     out = subprocess.run([sys.executable, str(script), "writer", "--batch", "1", "--batches", "1", "--steps", "1",
                           "--compression", "none", "--tmp", str(tmp_path)], capture_output=True, text=True, check=True)

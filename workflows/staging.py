@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 
-def _is_cuda(act: Any) -> bool:
+def is_cuda(act: Any) -> bool:
     return bool(getattr(act, "is_cuda", False))
 
 
@@ -24,7 +24,7 @@ class HostStaging:
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype, like: Any) -> np.ndarray:
         """An uninitialised host array; page-locked when `like` is a CUDA tensor (asynchronous copies need it)."""
-        if not _is_cuda(like):
+        if not is_cuda(like):
             return np.empty(shape, dtype)
         import torch
 

@@ -38,7 +38,7 @@ import zarr
 from workflows.config import RunConfig, data_differences, dump_config, flatten, from_dict, to_dict
 from workflows.prompts import Plan
 from workflows.shardfile import direct_compressor, write_shard
-from workflows.staging import HostStaging
+from workflows.staging import HostStaging, is_cuda
 
 STORE = "store.zarr"  # the Zarr group inside the output location; records and manifest sit beside it
 FLOAT32_EXTRAS = ("latent", "x0")  # small and used for exact comparisons; attention outputs are stored as float16
@@ -237,12 +237,12 @@ class ShardWriter:
         self.output, self.direct = output, direct
         self.root = zarr.open_group(_zarr_store(output), mode="r+")
         self.arrays: dict[str, zarr.Array] = {}
-        self._buffers: dict[str, np.ndarray] = {}  # the current batch: name -> (step, batch, h, w, c)
-        self._keys: dict[str, tuple] = {}  # name -> the buffer's pool key
+        # the current batch: name -> (pool key, buffer (step, batch, h, w, c))
+        self._buffers: dict[str, tuple[tuple, np.ndarray]] = {}
         self._filled: dict[str, set[int]] = {}
         self._start: int | None = None
         self._staging = HostStaging()
-        self._compressors: dict[str, Any] = {}  # name -> shardfile.direct_compressor
+        self._compressors: dict[str, Any] = {}  # name -> shardfile.direct_compressor (False: through Zarr)
         self._fs, root = _fs(output)
         self._store_root = posixpath.join(root, STORE)
         self._pool: dict[tuple, list[np.ndarray]] = {}  # written batch buffers by (shape, dtype, pinned)
@@ -279,7 +279,7 @@ class ShardWriter:
 
     def _buffer(self, shape: tuple[int, ...], dtype: np.dtype, like) -> tuple[tuple, np.ndarray]:
         """(pool key, batch buffer): a written one of the same kind if there is one, else a new one."""
-        key = (shape, np.dtype(dtype).str, bool(getattr(like, "is_cuda", False)))  # pinned for CUDA tensors
+        key = (shape, np.dtype(dtype).str, is_cuda(like))  # pinned for CUDA tensors
         with self._pool_lock:
             free = self._pool.get(key)
             if free:
@@ -295,7 +295,7 @@ class ShardWriter:
         self._queue.join()
         self._staging.wait()
         self._error = None
-        self._buffers, self._keys, self._filled, self._start = {}, {}, {}, None
+        self._buffers, self._filled, self._start = {}, {}, None
 
     def write_act(self, name: str, start: int, step: int, act) -> None:
         """act: (batch, h, w, c) for images [start, start + batch) at `step`, a numpy array or a torch tensor (CPU or
@@ -309,10 +309,11 @@ class ShardWriter:
         if name not in self._buffers:
             arr = self._array(f"acts/{name}/act")
             # step-major, so each step's slice is contiguous: the target of one device-to-host copy
-            self._keys[name], self._buffers[name] = self._buffer((arr.shape[1], act.shape[0], *arr.shape[2:]),
-                                                                 arr.dtype, act)
+            self._buffers[name] = self._buffer((arr.shape[1], act.shape[0], *arr.shape[2:]), arr.dtype, act)
             self._filled[name] = set()
-        self._staging.copy(self._buffers[name][step], act)
+            if name not in self._compressors:
+                self._compressors[name] = direct_compressor(arr) if self.direct else False
+        self._staging.copy(self._buffers[name][1][step], act)
         self._filled[name].add(step)
 
     def write_images(self, start: int, images: np.ndarray) -> None:
@@ -324,21 +325,20 @@ class ShardWriter:
     def end_batch(self) -> None:
         """Queue the buffered batch of activations (every step must be there) for writing."""
         self._staging.wait()
-        for name, buf in self._buffers.items():
+        for name, (key, buf) in self._buffers.items():
             arr = self._array(f"acts/{name}/act")
             if len(self._filled[name]) != arr.shape[1]:
                 raise RuntimeError(f"{name}: captured steps {sorted(self._filled[name])} of images from {self._start}; "
                                    f"expected all {arr.shape[1]} steps")
-            batch = arr.shards[0]
-            compressor = self._compressors.setdefault(name, direct_compressor(arr) if self.direct else False)
+            batch, compressor = arr.shards[0], self._compressors[name]
             if compressor is not False and buf.shape[1] == batch and self._start % batch == 0:
                 self._put(write_shard, self._fs, self._store_root, arr, self._start // batch, buf, compressor,
-                          recycle=(self._keys[name], buf))
+                          recycle=(key, buf))
             else:  # an edge batch, or a layout shardfile does not know
                 self._put(self._zarr_write, arr, (slice(self._start, self._start + buf.shape[1]),),
-                          buf.swapaxes(0, 1), recycle=(self._keys[name], buf))
+                          buf.swapaxes(0, 1), recycle=(key, buf))
         # queued buffers now belong to the writer threads, which return them to the pool once written
-        self._buffers, self._keys, self._filled, self._start = {}, {}, {}, None
+        self._buffers, self._filled, self._start = {}, {}, None
 
     def flush(self) -> None:
         """Wait until every queued chunk is written; raise (once) the first error since the last flush."""
