@@ -24,7 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # one thread for numpy's BLAS too, as in
+    os.environ.setdefault(_var, "1")  # a Ray task (Ray sets these); set before numpy is imported
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -7,7 +7,7 @@ converted to a float32 torch matrix `(pixels, c)`; nothing larger than one block
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,20 +95,13 @@ class ChannelStats:
     count: int
 
 
-def channel_stats(
-    acts: Any,
-    select: np.ndarray | None = None,
-    *,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    device: str | torch.device = "cpu",
-    eps: float = 1e-6,
-) -> ChannelStats:
-    """Streaming channel mean/std. Sums are shifted by the first block's mean so float64 accumulation stays exact even
-    when a channel's mean dwarfs its spread. Dead channels (std < eps) get scale 1 so they stay zero after scaling."""
+def _stats_of(blocks: Iterable[torch.Tensor], eps: float) -> ChannelStats:
+    """Channel mean/std over float32 `(pixels, c)` blocks. Sums are shifted by the first block's mean so float64
+    accumulation stays exact even when a channel's mean dwarfs its spread. Dead channels (std < eps) get scale 1 so
+    they stay zero after scaling."""
     shift: torch.Tensor | None = None
     count, s1, s2 = 0, None, None
-    for _, x in iter_blocks(acts, select, chunk_bytes=chunk_bytes, device=device):
-        x = x.reshape(-1, x.shape[-1])
+    for x in blocks:
         if shift is None:
             shift = x.mean(0)
             s1 = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
@@ -125,6 +118,19 @@ def channel_stats(
     scale = var.sqrt().cpu().numpy()
     scale[scale < eps] = 1.0
     return ChannelStats(mean=mean, scale=scale, count=count)
+
+
+def channel_stats(
+    acts: Any,
+    select: np.ndarray | None = None,
+    *,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    device: str | torch.device = "cpu",
+    eps: float = 1e-6,
+) -> ChannelStats:
+    """Streaming channel mean/std of the selected images of `(image, h, w, c)` activations (see `_stats_of`)."""
+    blocks = iter_blocks(acts, select, chunk_bytes=chunk_bytes, device=device)
+    return _stats_of((x.reshape(-1, x.shape[-1]) for _, x in blocks), eps)
 
 
 # Below this many float32 bytes the standardised activations stay resident between passes (toy scale: every Newton
@@ -147,11 +153,33 @@ class StandardisedBlocks:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         device: str | torch.device = "cpu",
     ):
-        self.acts, self.chunk_bytes, self.device = acts, chunk_bytes, device
+        self.acts, self.stats, self.chunk_bytes, self.device = acts, stats, chunk_bytes, device
         self.mu = torch.from_numpy(stats.mean).float().to(device)
         self.sd = torch.from_numpy(stats.scale).float().to(device)
         self.cacheable = int(np.prod(acts.shape)) * 4 <= cache_bytes
         self.cache: list[tuple[np.ndarray, torch.Tensor]] | None = None
+
+    @classmethod
+    def with_stats(
+        cls,
+        acts: Any,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        device: str | torch.device = "cpu",
+    ) -> StandardisedBlocks:
+        """Channel statistics (`self.stats`) and the blocks standardised with them. When the float32 activations fit
+        in `cache_bytes`, they are read and converted once: the statistics come from that resident copy, which is
+        then standardised in place (`channel_stats` and a first pass would read and convert everything twice)."""
+        if int(np.prod(acts.shape)) * 4 > cache_bytes:
+            return cls(acts, channel_stats(acts, chunk_bytes=chunk_bytes, device=device), chunk_bytes=chunk_bytes,
+                       cache_bytes=0, device=device)
+        c = acts.shape[-1]
+        kept = [(idx, x.reshape(-1, c)) for idx, x in iter_blocks(acts, chunk_bytes=chunk_bytes, device=device)]
+        stats = _stats_of((x for _, x in kept), eps=1e-6)
+        blocks = cls(acts, stats, chunk_bytes=chunk_bytes, cache_bytes=cache_bytes, device=device)
+        blocks.cache = [(idx, x.sub_(blocks.mu).div_(blocks.sd)) for idx, x in kept]
+        return blocks
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         if self.cache is not None:
@@ -169,27 +197,19 @@ class StandardisedBlocks:
 
 
 def sample_pixels(
-    acts: Any,
-    stats: ChannelStats,
-    rows_per_image: int,
-    seed: int,
-    *,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    device: str | torch.device = "cpu",
+    blocks: StandardisedBlocks, rows_per_image: int, seed: int
 ) -> tuple[list[tuple[np.ndarray, torch.Tensor]], np.ndarray]:
-    """`rows_per_image` random pixels (without replacement, seeded) from every image, standardised, kept in memory.
+    """`rows_per_image` random pixels (without replacement, seeded) from every image of `blocks`, kept in memory (a
+    copy: streamed blocks are never held).
 
     Returns blocks `(image_indices, x (len(image_indices) * rows_per_image, c))` in the format of StandardisedBlocks,
     and the flat pixel index of each sampled row, `(image, rows_per_image)`, to gather the matching targets."""
-    n, h, w, c = acts.shape
+    n, h, w, c = blocks.acts.shape
     rng = np.random.default_rng(seed)
     pix = np.sort(np.argsort(rng.random((n, h * w)), axis=1)[:, :rows_per_image], axis=1)
-    mu = torch.from_numpy(stats.mean).float().to(device)
-    sd = torch.from_numpy(stats.scale).float().to(device)
-    blocks = []
-    for idx, x in iter_blocks(acts, chunk_bytes=chunk_bytes, device=device):
+    sampled = []
+    for idx, x in blocks:
         x = x.reshape(len(idx), h * w, c)
         sel = torch.from_numpy(pix[idx]).to(x.device)
-        xs = x[torch.arange(len(idx), device=x.device)[:, None], sel].reshape(-1, c).sub_(mu).div_(sd)
-        blocks.append((idx, xs))
-    return blocks, pix
+        sampled.append((idx, x[torch.arange(len(idx), device=x.device)[:, None], sel].reshape(-1, c)))
+    return sampled, pix

@@ -5,11 +5,13 @@ are). Both fit on standardised channels and pick the L2 strength on a validation
 (by image, seeded); the final probe is refit on all training images with the chosen strength. Everything streams over
 blocks of images, so memory is O(c^2 + a few blocks + cache_bytes) whatever the number of pixels:
 
-* ridge: one pass for channel stats, one pass for sufficient statistics (X^T X is c x c); every alpha is then solved
-  from an eigendecomposition and scored on the validation statistics exactly;
+* ridge: one pass for channel stats, one pass for sufficient statistics (X^T X is c x c; a single read when the
+  activations fit in `cache_bytes`); every alpha is then solved from an eigendecomposition and scored on the
+  validation statistics exactly;
 * logistic: Newton/IRLS with a lagged Hessian, each iteration one pass accumulating the gradient (and, when the
-  quadratic model stops predicting well, the (c+1) x (c+1) Hessian) in float64 from float32 blocks; alphas are walked
-  strong-to-weak with warm starts, the validation loss accumulated in the same passes. Beyond `cache_bytes` the path
+  quadratic model stops predicting well, the (c+1) x (c+1) Hessian, from a strided subset of pixels) in float64 from
+  float32 blocks; alphas are walked strong-to-weak with warm starts, each starting from the previous solution's pass,
+  the validation loss accumulated in the same passes. Beyond `cache_bytes` the path
   runs on a resident pixel sample of every training image and only the final fit streams (see fit_logistic).
 
 Objectives (x standardised, n pixels, bias unpenalised):
@@ -31,7 +33,6 @@ from probes.chunks import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_CHUNK_BYTES,
     StandardisedBlocks,
-    channel_stats,
     check_finite,
     iter_blocks,
     sample_pixels,
@@ -186,15 +187,20 @@ def fit_ridge(
     seed: int = 0,
     device: str = "cpu",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    blocks: StandardisedBlocks | None = None,
 ) -> LinearProbe:
     """Ridge probe on `(image, h, w, c)` activations for `(image, H, W)` labels (image or layer resolution).
 
-    Two streamed passes; alpha minimises validation MSE; the final fit pools train+validation statistics."""
+    One pass for the sufficient statistics (two when the activations do not fit in `cache_bytes`: channel
+    statistics first); alpha minimises validation MSE; the final fit pools train+validation statistics.
+    `blocks`: `StandardisedBlocks.with_stats(acts)` when several probes are fit on the same activations."""
     n, h, w, _ = acts.shape
     y = layer_targets(labels, h, w)
-    st = channel_stats(acts, chunk_bytes=chunk_bytes, device=device)
+    if blocks is None:
+        blocks = StandardisedBlocks.with_stats(acts, chunk_bytes=chunk_bytes, cache_bytes=cache_bytes, device=device)
+    st = blocks.stats
     val = validation_split(n, val_fraction, seed)
-    blocks = StandardisedBlocks(acts, st, chunk_bytes=chunk_bytes, cache_bytes=0, device=device)  # a single pass
     s_tr, s_va = _sums(blocks, y, val, acts.shape[-1], device)
     grid = np.asarray(alphas, np.float64)
     losses = _mse(s_va, *_ridge_solutions(s_tr, grid))
@@ -205,77 +211,105 @@ def fit_ridge(
                        alpha=float(grid[best]), alpha_grid=grid, val_losses=losses)
 
 
-def _newton_pass(
-    blocks: Blocks, y: np.ndarray, train: np.ndarray, val: np.ndarray | None, theta: torch.Tensor,
-    alpha: float, with_hessian: bool,
-) -> tuple[float, torch.Tensor, torch.Tensor | None, float]:
-    """One pass at theta = [w, b]: penalised mean loss and gradient (c+1,) on `train` images, the data part of the
-    Hessian (c+1, c+1) if asked (the costly c x c GEMM), and the mean unpenalised loss on `val` images (nan if None).
-    Rows are masked by weights rather than copied, so a block is never duplicated except for the Hessian's."""
+# The Hessian only steers Newton's steps (convergence is judged on the exact gradient), so each pass estimates it on at
+# most this many evenly strided pixels: on all 18k pixels of a 16x16x64 toy layer it cost 7x the gradient pass.
+HESSIAN_ROWS = 4096
+
+
+class _Targets:
+    """Per-block targets `t` and training weights `on` (1 = a `train` image's pixel), built on a block's first pass
+    and kept: they are 2/c the size of the block, and rebuilding them every pass cost as much as a small layer's
+    pass."""
+
+    def __init__(self, y: np.ndarray, train: np.ndarray, device: str):
+        self.y, self.train, self.device = y, train, device
+        self.kept: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, idx: np.ndarray, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (int(idx[0]), len(idx))  # blocks are contiguous image ranges
+        if key not in self.kept:
+            on = np.repeat(self.train[idx], rows // len(idx)).astype(np.float32)
+            self.kept[key] = (torch.from_numpy(self.y[idx].reshape(-1)).to(self.device),
+                              torch.from_numpy(on).to(self.device))
+        return self.kept[key]
+
+
+@dataclass
+class _DataTerms:
+    """The unpenalised objective at one theta: mean loss and gradient (c+1,) over training pixels, the data Hessian
+    (c+1, c+1) when asked, and the mean loss over validation pixels (nan without any)."""
+
+    loss: float
+    grad: torch.Tensor
+    hess: torch.Tensor | None
+    vloss: float
+
+
+def _newton_pass(blocks: Blocks, targets: _Targets, theta: torch.Tensor, with_hessian: bool,
+                 hess_stride: int) -> _DataTerms:
+    """One pass over the blocks at theta = [w, b]. Rows are masked by weights rather than copied; the Hessian uses
+    every `hess_stride`-th row (see HESSIAN_ROWS)."""
     c, device = len(theta) - 1, theta.device
     w32, b32 = theta[:c].float(), float(theta[c])
     loss = torch.zeros((), dtype=torch.float64, device=device)
+    vloss = torch.zeros((), dtype=torch.float64, device=device)
     grad = torch.zeros(c + 1, dtype=torch.float64, device=device)
     hess = torch.zeros(c + 1, c + 1, dtype=torch.float64, device=device) if with_hessian else None
-    vloss, n_tr, n_va = 0.0, 0, 0
+    n_tr, n_va, n_hess = 0.0, 0.0, 0.0
     for idx, x in blocks:
-        m = np.repeat(train[idx], x.shape[0] // len(idx))
-        if not m.any() and (val is None or not val[idx].any()):
-            continue
-        on = torch.from_numpy(m.astype(np.float32)).to(device)
-        t = torch.from_numpy(y[idx].reshape(-1)).to(device)
+        t, on = targets(idx, x.shape[0])
         z = x @ w32 + b32
         per = torch.nn.functional.softplus(z) - t * z
         p = torch.sigmoid(z)
         r = (p - t) * on
-        loss += (per * on).sum().double()
-        if val is not None:
-            vloss += float((per * (1 - on)).sum())
-            n_va += int((1 - on).sum())
+        tr_loss, all_loss, n_on = (per * on).sum(), per.sum(), float(on.sum())
+        loss += tr_loss.double()
+        vloss += (all_loss - tr_loss).double()
+        n_tr, n_va = n_tr + n_on, n_va + x.shape[0] - n_on
         grad[:c] += (x.T @ r).double()
         grad[c] += r.sum().double()
-        n_tr += int(m.sum())
         if hess is not None:
-            s = p * (1 - p) * on
-            xs = x * s.sqrt()[:, None]
-            hess[:c, :c] += (xs.T @ xs).double()
-            hess[:c, c] += (x.T @ s).double()
+            xh = x[::hess_stride]
+            s = (p * (1 - p) * on)[::hess_stride]
+            hess[:c, :c] += (xh.T @ (xh * s[:, None])).double()
+            hess[:c, c] += (xh.T @ s).double()
             hess[c, c] += s.sum().double()
-    w = theta[:c]
-    loss = loss / n_tr + alpha * (w @ w)
-    grad = grad / n_tr
-    grad[:c] += 2 * alpha * w
+            n_hess += float(on[::hess_stride].sum())
     if hess is not None:
         hess[c, :c] = hess[:c, c]
-        hess = hess / n_tr
-    return float(loss), grad, hess, (vloss / n_va if n_va else float("nan"))
+        hess = hess / n_hess
+    return _DataTerms(float(loss) / n_tr, grad / n_tr, hess, float(vloss) / n_va if n_va else float("nan"))
 
 
 def _newton(
-    blocks: Blocks, y: np.ndarray, train: np.ndarray, val: np.ndarray | None, theta: torch.Tensor,
-    alpha: float, max_iter: int, tol: float, hess_data: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, float, torch.Tensor]:
-    """Newton with a lagged Hessian from `theta`; returns (theta, validation loss at theta, data Hessian).
+    blocks: Blocks, targets: _Targets, theta: torch.Tensor, alpha: float, max_iter: int, tol: float,
+    hess_stride: int, hess_data: torch.Tensor | None = None, at_theta: _DataTerms | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, _DataTerms | None]:
+    """Newton with a lagged Hessian from `theta`; returns (theta, data Hessian, the data terms at theta or None).
 
-    The data Hessian (the expensive part) is reused while steps deliver within 25% of the decrease the quadratic
-    model predicted, and recomputed otherwise; a step that raises the loss is halved and retried. Stops when
-    the Newton decrement g.H^-1.g / 2 falls below `tol` (in loss units)."""
+    `at_theta`: the data terms at the starting theta if already known (the previous alpha's solution: only the penalty
+    differs), which saves a pass. The data Hessian (the expensive part) is reused while steps deliver within 25% of
+    the decrease the quadratic model predicted, and recomputed otherwise; a step that raises the loss is halved and
+    retried. Stops when the Newton decrement g.H^-1.g / 2 falls below `tol` (in loss units)."""
     c = len(theta) - 1
     ridge = torch.zeros(c + 1, dtype=theta.dtype, device=theta.device)
     ridge[:c] = 2 * alpha
     need_hess = hess_data is None
+    prev: _DataTerms | None = None
     prev_loss, prev_theta, prev_dir, predicted, step = float("inf"), theta, None, 0.0, 1.0
-    vloss = float("nan")
     for _ in range(max_iter):
-        loss, grad, h, vloss = _newton_pass(blocks, y, train, val, theta, alpha, need_hess)
-        if h is not None:
-            hess_data = h
+        if at_theta is None or need_hess:
+            at_theta = _newton_pass(blocks, targets, theta, need_hess, hess_stride)
+            hess_data = at_theta.hess if at_theta.hess is not None else hess_data
+        w = theta[:c]
+        loss = at_theta.loss + alpha * float(w @ w)
+        grad = at_theta.grad.clone()
+        grad[:c] += 2 * alpha * w
         if prev_dir is not None and loss > prev_loss:  # overshoot: back off along the previous direction
             step *= 0.5
             if step < 1e-3:
-                theta = prev_theta
-                break
-            theta, need_hess = prev_theta - step * prev_dir, True
+                return prev_theta, hess_data, prev
+            theta, need_hess, at_theta = prev_theta - step * prev_dir, True, None
             continue
         # the quadratic model is trusted while the decrease it predicted matches the actual one (ratio ~ 1); a ratio
         # far from 1 either way (a stale Hessian over- or under-estimating curvature) triggers a fresh Hessian
@@ -284,11 +318,11 @@ def _newton(
         direction = torch.linalg.solve(hess_data + torch.diag(ridge + 1e-10), grad)
         predicted = float(grad @ direction) / 2
         if predicted < tol:
-            break
-        prev_loss, prev_theta, prev_dir, step = loss, theta, direction, 1.0
-        theta = theta - direction
+            return theta, hess_data, at_theta
+        prev, prev_loss, prev_theta, prev_dir, step = at_theta, loss, theta, direction, 1.0
+        theta, at_theta = theta - direction, None
     assert hess_data is not None
-    return theta, vloss, hess_data
+    return theta, hess_data, None
 
 
 def fit_logistic(
@@ -304,6 +338,7 @@ def fit_logistic(
     device: str = "cpu",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
+    blocks: StandardisedBlocks | None = None,
 ) -> LinearProbe:
     """Logistic probe (targets in [0, 1], fractions allowed) on `(image, h, w, c)` activations.
 
@@ -313,22 +348,24 @@ def fit_logistic(
     Memory: if the float32 activations fit in `cache_bytes` everything stays resident and every pass is pure compute.
     Otherwise the alpha path runs on a resident sample of pixels from *every* training image (as many per image as
     `cache_bytes` allows, seeded), and only the final fit streams over all pixels, warm-started from the sample's
-    solution and Hessian, so a fit costs a handful of streamed passes instead of dozens."""
+    solution and Hessian, so a fit costs a handful of streamed passes instead of dozens. Either way each pass
+    estimates its Hessian on at most HESSIAN_ROWS strided pixels. `blocks`: `StandardisedBlocks.with_stats(acts)`
+    when several probes are fit on the same activations."""
     n, h, w, c = acts.shape
     y = layer_targets(labels, h, w)
     if y.min() < 0 or y.max() > 1:
         raise ValueError("saliency targets must lie in [0, 1]")
-    st = channel_stats(acts, chunk_bytes=chunk_bytes, device=device)
+    if blocks is None:
+        blocks = StandardisedBlocks.with_stats(acts, chunk_bytes=chunk_bytes, cache_bytes=cache_bytes, device=device)
+    st = blocks.stats
     rows = min(h * w, cache_bytes // (n * c * 4))
+    if rows < 1:
+        raise ValueError(f"cache_bytes={cache_bytes} is too small to sample one pixel per image")
     if rows == h * w:
-        blocks = path_blocks = StandardisedBlocks(acts, st, chunk_bytes=chunk_bytes, cache_bytes=cache_bytes,
-                                                  device=device)
+        path_blocks: Blocks = blocks
         y_path = y
     else:
-        if rows < 1:
-            raise ValueError(f"cache_bytes={cache_bytes} is too small to sample one pixel per image")
-        blocks = StandardisedBlocks(acts, st, chunk_bytes=chunk_bytes, cache_bytes=0, device=device)
-        path_blocks, pix = sample_pixels(acts, st, rows, seed, chunk_bytes=chunk_bytes, device=device)
+        path_blocks, pix = sample_pixels(blocks, rows, seed)
         y_path = np.take_along_axis(y.reshape(n, -1), pix, axis=1)
     val = validation_split(n, val_fraction, seed)
     grid = np.asarray(alphas, np.float64)
@@ -337,16 +374,22 @@ def fit_logistic(
     theta[c] = np.log(prior / (1 - prior))  # start from the base rate: the first Newton steps are then well-behaved
     losses = np.full(len(grid), np.nan)
     thetas: list[torch.Tensor] = []
-    hess: torch.Tensor | None = None  # the data Hessian carries over between alphas: only the ridge term changes
+    path_targets = _Targets(y_path, ~val, device)
+    stride = max(1, n * rows // HESSIAN_ROWS)
+    # the data Hessian and the data terms at the solution carry over between alphas: only the penalty changes
+    hess: torch.Tensor | None = None
+    at: _DataTerms | None = None
     for i, a in enumerate(grid):
-        theta, losses[i], hess = _newton(path_blocks, y_path, ~val, val, theta, float(a), max_iter, tol, hess)
+        theta, hess, at = _newton(path_blocks, path_targets, theta, float(a), max_iter, tol, stride, hess, at)
+        losses[i] = at.vloss if at is not None else _newton_pass(path_blocks, path_targets, theta, False, 1).vloss
         thetas.append(theta)
         if i >= 2 and losses[i] > losses[i - 1] > losses[i - 2]:
             break
     best = int(np.nanargmin(losses))
-    del path_blocks  # free the sample before streaming
-    everything = np.ones(n, bool)
-    theta, _, _ = _newton(blocks, y, everything, None, thetas[best], float(grid[best]), max_iter, tol, hess)
+    del path_blocks, path_targets  # free the sample before the final fit
+    stride = max(1, n * h * w // HESSIAN_ROWS)
+    theta, _, _ = _newton(blocks, _Targets(y, np.ones(n, bool), device), thetas[best], float(grid[best]),
+                          max_iter, tol, stride, hess)
     th = theta.cpu().numpy()
     return LinearProbe(kind=kind, method="logistic", weight=th[:c], bias=float(th[c]), mean=st.mean, scale=st.scale,
                        alpha=float(grid[best]), alpha_grid=grid, val_losses=losses)

@@ -44,19 +44,30 @@ class Scores:
     flags: dict[str, int] = field(default_factory=dict)
 
 
+def bootstrap_many(values: dict[str, Any], *, n_boot: int = 2000, level: float = 0.95,
+                   seed: int = 0) -> dict[str, Estimate]:
+    """`bootstrap_ci` of several per-image metrics at once. Each metric keeps only its finite values; metrics with the
+    same number of them share one resample matrix (the one `bootstrap_ci` would draw with this seed), applied to all
+    of them in one matrix product: scoring a probe draws once instead of once per metric."""
+    kept = {k: np.asarray(v, np.float64).ravel() for k, v in values.items()}
+    n_bad = {k: int((~np.isfinite(v)).sum()) for k, v in kept.items()}
+    kept = {k: v[np.isfinite(v)] for k, v in kept.items()}
+    out = {k: Estimate(float("nan"), float("nan"), float("nan"), 0, n_bad[k]) for k, v in kept.items() if not len(v)}
+    tail = (1 - level) / 2 * 100
+    for n in sorted({len(v) for v in kept.values()} - {0}):
+        keys = [k for k, v in kept.items() if len(v) == n]
+        idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+        counts = np.bincount((idx + n * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * n)
+        means = counts.reshape(n_boot, n) @ np.stack([kept[k] for k in keys], axis=1) / n  # (n_boot, metric)
+        lo, hi = np.percentile(means, [tail, 100 - tail], axis=0)
+        for j, k in enumerate(keys):
+            out[k] = Estimate(float(kept[k].mean()), float(lo[j]), float(hi[j]), n, n_bad[k])
+    return {k: out[k] for k in values}
+
+
 def bootstrap_ci(values: Any, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Estimate:
     """Mean of the finite `values` with a percentile-bootstrap interval; NaNs are excluded and counted."""
-    v = np.asarray(values, np.float64).ravel()
-    ok = np.isfinite(v)
-    v = v[ok]
-    n_bad = int((~ok).sum())
-    if len(v) == 0:
-        return Estimate(float("nan"), float("nan"), float("nan"), 0, n_bad)
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(means, [tail, 100 - tail])
-    return Estimate(float(v.mean()), float(lo), float(hi), len(v), n_bad)
+    return bootstrap_many({"v": values}, n_boot=n_boot, level=level, seed=seed)["v"]
 
 
 def dice_iou(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
@@ -101,25 +112,49 @@ def r2_beyond_position(pred: np.ndarray, truth: np.ndarray, mean_map: np.ndarray
 
 
 def depth_metrics(pred: np.ndarray, truth: np.ndarray, mean_map: np.ndarray,
-                  positioned: np.ndarray | None = None, ranks: bool = True) -> dict[str, np.ndarray]:
+                  positioned: np.ndarray | None = None,
+                  ranks: bool | tuple[np.ndarray, np.ndarray] = True) -> dict[str, np.ndarray]:
     """Per-image depth metrics for `(image, H, W)` predictions and truth in standardised units, `mean_map (H, W)`.
 
     rmse: sqrt(mean (truth - pred)^2). pearson / spearman (Pearson of average ranks): NaN when either map is constant.
     r2_beyond_position: `r2_beyond_position` of `pred`, or of `positioned (image, H, W)` when given: the prediction of
     a probe that also sees the mean map as an input channel (`baselines.with_position`). ranks=False skips Spearman
-    (NaN), the costly part (two sorts per image), where only the other metrics are needed."""
+    (NaN), the costly part (two sorts per image), where only the other metrics are needed; a pair of `(image, pixels)`
+    arrays is taken as the ranks of (pred, truth), or any positive linear transform of them per image."""
     n = len(pred)
     p = pred.reshape(n, -1).astype(np.float64)
     t = truth.reshape(n, -1).astype(np.float64)
     m = mean_map.reshape(1, -1).astype(np.float64)
     q = p if positioned is None else positioned.reshape(n, -1).astype(np.float64)
+    if ranks is True:
+        ranks = (rankdata(p, axis=1), rankdata(t, axis=1))
     return {
         "rmse": np.sqrt(((t - p) ** 2).mean(1)),
         "pearson": _pearson_rows(p, t),
-        "spearman": _pearson_rows(rankdata(p, axis=1), rankdata(t, axis=1)) if ranks else np.full(n, np.nan),
+        "spearman": _pearson_rows(*ranks) if ranks is not False else np.full(n, np.nan),
         "r2_beyond_position": r2_beyond_position(q, t, m),
         "constant_truth": np.ptp(t, axis=1) == 0,
     }
+
+
+def depth_truth_ranks(depth: Any, h: int, w: int) -> dict[str, np.ndarray]:
+    """Average ranks `(image, pixels)` of depth `(image, H, W)` per resolution ("image", and "layer" at (h, w)), for
+    `score_depth(truth_ranks=...)`: every probe scored on the same images shares them."""
+    d = np.asarray(depth, np.float32)
+    return {"image": rankdata(d.reshape(len(d), -1), axis=1),
+            "layer": rankdata(downsample_area(d, h, w).reshape(len(d), -1), axis=1)}
+
+
+def _pred_ranks(pred: np.ndarray, H: int, W: int) -> dict[str, np.ndarray]:
+    """Ranks of layer-resolution predictions `(image, h, w)` at both resolutions. Nearest upsampling by an integer
+    factor k repeats every value k times, which maps each average rank r to k r - (k - 1) / 2, so the image-resolution
+    ranks (up to that transform, which no correlation sees) are the layer ranks upsampled: one small sort, not a
+    sort of every image pixel."""
+    n, h, w = pred.shape
+    layer = rankdata(pred.reshape(n, -1), axis=1)
+    if H % h or W % w:
+        return {"layer": layer, "image": rankdata(upsample_nearest(pred, H, W).reshape(n, -1), axis=1)}
+    return {"layer": layer, "image": upsample_nearest(layer.reshape(n, h, w), H, W).reshape(n, -1)}
 
 
 def _nonfinite(pred: np.ndarray, on_nonfinite: OnNonFinite, first: int) -> np.ndarray:
@@ -131,8 +166,7 @@ def _nonfinite(pred: np.ndarray, on_nonfinite: OnNonFinite, first: int) -> np.nd
 
 def _summarise(per_image: dict[str, list[np.ndarray]], flags: dict[str, int], n_boot: int, seed: int) -> Scores:
     arrays = {k: np.concatenate(v) for k, v in per_image.items()}
-    est = {k: bootstrap_ci(v, n_boot=n_boot, seed=seed) for k, v in arrays.items()}
-    return Scores(estimates=est, per_image=arrays, flags=flags)
+    return Scores(estimates=bootstrap_many(arrays, n_boot=n_boot, seed=seed), per_image=arrays, flags=flags)
 
 
 def _layer_and_image(pred: np.ndarray, truth: np.ndarray, res: Resolution) -> tuple[np.ndarray, np.ndarray]:
@@ -189,6 +223,7 @@ def score_depth(
     images_per_chunk: int = 16,
     positioned: np.ndarray | None = None,
     ranks: bool = True,
+    truth_ranks: dict[str, np.ndarray] | None = None,
 ) -> Scores:
     """Score depth predictions `(image, h, w)` against depth `(image, H, W)`, both standardised with the training
     split's mean and std (`DepthScaler`); `mean_map (H, W)` is the training split's mean standardised depth map
@@ -198,7 +233,8 @@ def score_depth(
     channel (`baselines.with_position`); when given, R2 beyond position scores it instead of `pred`, at image
     resolution with the map's detail finer than the layer added back (position is free at every resolution, so a
     probe that only reproduces the layer-resolution map scores 0 at both).
-    ranks=False skips Spearman (NaN estimates).
+    ranks=False skips Spearman (NaN estimates); `truth_ranks`: `depth_truth_ranks(depth, h, w)`, when many
+    predictions are scored against the same depth.
     Flags: n_nonfinite, n_constant_depth (Spearman/Pearson undefined there, excluded and counted)."""
     h, w = pred.shape[-2:]
     maps = {"image": np.asarray(mean_map, np.float32),
@@ -217,11 +253,16 @@ def score_depth(
         tr = np.asarray(depth[s : s + images_per_chunk], np.float32)
         if not np.isfinite(tr).all():
             raise NonFiniteError("depth", [s + int(i) for i in np.flatnonzero(~np.isfinite(tr).all((1, 2)))])
+        pr = np.where(bad[:, None, None], 0.0, pr).astype(np.float32)
+        if ranks:
+            p_ranks = _pred_ranks(pr, *tr.shape[1:])
+            t_ranks = truth_ranks or depth_truth_ranks(tr, h, w)
+            chunk = slice(s, s + len(pr)) if truth_ranks else slice(None)
         for res in resolutions:
-            p, t = _layer_and_image(np.where(bad[:, None, None], 0.0, pr), tr, res)
+            p, t = _layer_and_image(pr, tr, res)
             q = None if positioned is None else (
                 _layer_and_image(np.where(bad[:, None, None], 0.0, rr), tr, res)[0] + detail[res])
-            d = depth_metrics(p, t, maps[res], q, ranks)
+            d = depth_metrics(p, t, maps[res], q, (p_ranks[res], t_ranks[res][chunk]) if ranks else False)
             if res == resolutions[0]:
                 flags["n_constant_depth"] += int(d["constant_truth"].sum())
             for k in ("rmse", "pearson", "spearman", "r2_beyond_position"):

@@ -147,3 +147,41 @@ def test_depth_scores_without_ranks_skip_only_spearman():
     assert np.isnan(fast.estimates["image/spearman"].mean) and full.estimates["image/spearman"].mean > 0.8
     for k in ("rmse", "pearson", "r2_beyond_position"):
         assert fast.estimates[f"image/{k}"].mean == pytest.approx(full.estimates[f"image/{k}"].mean)
+
+
+@pytest.mark.parametrize("size", [16, 10])  # an integer upsampling factor (ranks from the layer) and not
+def test_spearman_at_image_resolution_matches_scipy_and_shared_truth_ranks(size):
+    from scipy.stats import spearmanr
+
+    from probes.metrics import depth_truth_ranks
+    from probes.resample import upsample_nearest
+
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 5, (6, 4, 4)).astype(np.float32)  # ties within and across upsampled blocks
+    depth = rng.normal(size=(6, size, size)).astype(np.float32)
+    sc = score_depth(pred, depth, np.zeros((size, size)), n_boot=20, images_per_chunk=4)
+    up = upsample_nearest(pred, size, size)
+    expected = [spearmanr(up[i].ravel(), depth[i].ravel())[0] for i in range(6)]
+    assert np.allclose(sc.per_image["image/spearman"], expected)
+    shared = score_depth(pred, depth, np.zeros((size, size)), n_boot=20, images_per_chunk=4,
+                         truth_ranks=depth_truth_ranks(depth, 4, 4))
+    for key in ("image/spearman", "layer/spearman"):
+        assert np.allclose(shared.per_image[key], sc.per_image[key])
+
+
+def test_bootstrap_many_matches_one_metric_at_a_time():
+    from probes.metrics import bootstrap_many
+
+    rng = np.random.default_rng(2)
+    values = {"a": rng.normal(size=30), "b": np.r_[rng.normal(size=28), np.nan, np.nan], "c": rng.random(30),
+              "none": np.full(3, np.nan)}
+    together = bootstrap_many(values, n_boot=500, seed=4)
+    assert list(together) == list(values)
+    for key, v in values.items():
+        alone = bootstrap_many({key: v}, n_boot=500, seed=4)[key]
+        assert together[key].n == alone.n and together[key].n_undefined == alone.n_undefined
+        assert np.allclose([together[key].lo, together[key].hi], [alone.lo, alone.hi], equal_nan=True)
+    assert together["b"].n_undefined == 2 and together["a"].lo < together["a"].mean < together["a"].hi
+    b = values["b"][:28]  # the plain percentile bootstrap, resampling with this seed's draws
+    means = b[np.random.default_rng(4).integers(0, 28, size=(500, 28))].mean(1)
+    assert np.allclose([together["b"].lo, together["b"].hi], np.percentile(means, [2.5, 97.5]))

@@ -188,3 +188,15 @@ def test_relative_output_is_refused_inside_a_submitted_job(clean, monkeypatch):
     cfg = RunConfig(**{**clean.__dict__, "output": "runs/relative"})
     with pytest.raises(ConfigError, match="absolute path or a URL"):
         generate(cfg, use_ray=False)
+
+
+def test_take_images_matches_orthogonal_selection(tmp_path):
+    from workflows.store import take_images
+
+    arr = zarr.create_array(str(tmp_path / "a.zarr"), shape=(20, 3, 4, 2), chunks=(4, 1, 4, 2), shards=(8, 3, 4, 2),
+                            dtype="float32")
+    arr[:] = np.random.default_rng(0).normal(size=arr.shape).astype(np.float32)
+    for images in (np.arange(4, 16), np.array([9, 3, 4, 5]), np.array([0, 19]), np.array([], np.int64)):
+        for index in ((1,), ()):
+            expected = arr.get_orthogonal_selection((images, *index))
+            np.testing.assert_array_equal(take_images(arr, images, *index), expected)

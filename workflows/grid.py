@@ -13,7 +13,8 @@ import json
 import posixpath
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -24,14 +25,14 @@ from safetensors.numpy import save as save_safetensors
 
 from ldm.errors import UserError
 from probes.baselines import fit_control_probe, position_map, position_prediction, with_position
-from probes.chunks import NonFiniteError
+from probes.chunks import NonFiniteError, StandardisedBlocks
 from probes.fit import fit_probe
 from probes.linear import LinearProbe
-from probes.metrics import DepthScaler, Scores, score_depth, score_saliency
+from probes.metrics import DepthScaler, Scores, depth_truth_ranks, score_depth, score_saliency
 from probes.resample import downsample_area
 from workflows.labels import labelled_shards, read_labels
 from workflows.store import (
-    complete_images, load_layout, load_plan, load_run_config, open_store, read_file, write_atomic,
+    complete_images, load_layout, load_plan, load_run_config, open_store, read_file, take_images, write_atomic,
 )
 
 METRIC_NAMES = {  # probes.metrics keys -> metrics.parquet columns (docs/CONTRACTS.md)
@@ -75,6 +76,49 @@ class GridData:
     mode: str = "ours"
     seed: int = 0
     n_boot: int = 1000
+    _memo: dict[tuple, np.ndarray | dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def _once(self, key: tuple, make: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    def depth_ranks(self, h: int, w: int) -> dict[str, np.ndarray]:
+        """Test depth's ranks for Spearman at a layer shape (`metrics.depth_truth_ranks`), computed once per shape."""
+        return self._once(("ranks", h, w), lambda: depth_truth_ranks(self.labels["depth"][1], h, w))
+
+    def fit_labels(self, target: str, h: int, w: int) -> np.ndarray:
+        """Training labels as a probe fit takes them: area-averaged to the layer's (h, w) once per shape for our
+        probes (which fit at layer resolution); at image resolution for the paper's trainer, which upsamples."""
+        if self.mode != "ours":
+            return self.labels[target][0]
+        return self._once(("fit", target, h, w), lambda: downsample_area(self.labels[target][0], h, w))
+
+
+class GroupActs:
+    """One group's training and test activations `(image, h, w, c)`, and what the probes fit on them share, built
+    on first use: the standardised blocks of our probes (four fits read the same activations, two more the
+    position-augmented ones) and the activations with the mean depth map appended (`baselines.with_position`)."""
+
+    def __init__(self, train: np.ndarray, test: np.ndarray, data: GridData):
+        self.train, self.test, self.data = train, test, data
+        self._blocks: dict[bool, StandardisedBlocks] = {}
+        self._positioned: tuple[np.ndarray, np.ndarray] | None = None
+
+    def positioned(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._positioned is None:
+            m = self.data.mean_maps["depth"]
+            self._positioned = (with_position(self.train, m), with_position(self.test, m))
+        return self._positioned
+
+    def fit_kwargs(self, positioned: bool = False) -> dict[str, Any]:
+        """Keyword arguments for `fit_probe` on the training activations (or their positioned version)."""
+        if self.data.mode != "ours":
+            return {}
+        if positioned not in self._blocks:
+            acts = self.positioned()[0] if positioned else self.train
+            self._blocks[positioned] = StandardisedBlocks.with_stats(acts)
+        return {"blocks": self._blocks[positioned]}
 
 
 def variant_output(output: str, variant: str) -> str:
@@ -140,12 +184,14 @@ def score_prediction(target: str, pred: np.ndarray, data: GridData, positioned: 
     kw = {"n_boot": data.n_boot, "seed": data.seed} if split else {"n_boot": 1, "resolutions": ("image",)}
     if target == "saliency":
         return score_saliency(pred, truth, **kw)
-    return score_depth(pred, truth, data.mean_maps["depth"], positioned=positioned, ranks=bool(split), **kw)
+    ranks = data.depth_ranks(*pred.shape[1:]) if split else None
+    return score_depth(pred, truth, data.mean_maps["depth"], positioned=positioned, ranks=bool(split),
+                       truth_ranks=ranks, **kw)
 
 
-def fit_and_score(acts_train: np.ndarray, acts_test: np.ndarray, target: str, data: GridData,
+def fit_and_score(acts: GroupActs, target: str, data: GridData,
                   shuffled: bool = False) -> tuple[dict, LinearProbe | None]:
-    """Fit one probe on `(image, h, w, c)` training activations and score it on the test activations.
+    """Fit one probe on a group's training activations and score it on its test activations.
 
     Depth also gets a second probe that sees the training mean depth map as one more input channel and predicts the
     depth's deviation from that map (so regularisation shrinks towards the map, not towards zero); the map plus its
@@ -155,24 +201,27 @@ def fit_and_score(acts_train: np.ndarray, acts_test: np.ndarray, target: str, da
     split. Returns the metric columns (with `error` set instead when the probe cannot be fit or scored) and the probe.
     """
     start = time.perf_counter()
-    labels = data.labels[target][0]
+    h, w = acts.train.shape[1:3]
+    labels = data.fit_labels(target, h, w)
 
-    def fit(acts: np.ndarray, y: np.ndarray) -> LinearProbe:
+    def fit(x: np.ndarray, y: np.ndarray, positioned: bool = False) -> LinearProbe:
+        kw = acts.fit_kwargs(positioned)
         if shuffled:
-            return fit_control_probe(acts, y, target, seed=data.seed, mode=data.mode)
-        return fit_probe(acts, y, target, mode=data.mode, seed=data.seed)
+            return fit_control_probe(x, y, target, seed=data.seed, mode=data.mode, **kw)
+        return fit_probe(x, y, target, mode=data.mode, seed=data.seed, **kw)
 
     try:
-        probe = fit(acts_train, labels)
+        probe = fit(acts.train, labels)
         positioned = [None, None]  # (train, test) predictions of the depth probe that also sees the mean map
         if target == "depth":
             m = data.mean_maps["depth"]
-            m_layer = downsample_area(m[None], *acts_train.shape[1:3])[0]
-            aug_train, aug_test = with_position(acts_train, m), with_position(acts_test, m)
-            pos_probe = fit(aug_train, labels - m)  # the map is the starting point: only the deviation is penalised
+            m_layer = downsample_area(m[None], h, w)[0]
+            aug_train, aug_test = acts.positioned()
+            # the map is the starting point: only the deviation is penalised
+            pos_probe = fit(aug_train, labels - downsample_area(m[None], *labels.shape[1:])[0], positioned=True)
             positioned = [m_layer + pos_probe.predict(aug_train), m_layer + pos_probe.predict(aug_test)]
-        row = _metric_columns(score_prediction(target, probe.predict(acts_test), data, positioned[1]))
-        train = score_prediction(target, probe.predict(acts_train), data, positioned[0], split=0)
+        row = _metric_columns(score_prediction(target, probe.predict(acts.test), data, positioned[1]))
+        train = score_prediction(target, probe.predict(acts.train), data, positioned[0], split=0)
     except NonFiniteError as err:
         return {"error": f"non-finite values: {err}", "fit_seconds": time.perf_counter() - start}, None
     row.update(train_score=train.estimates[TRAIN_SCORE[target]].mean, alpha=probe.alpha,
@@ -190,19 +239,19 @@ def read_activations(output: str, group: ProbeGroup, images: np.ndarray) -> np.n
     array = root[name]
     if not 0 <= group.step < array.shape[1]:
         raise UserError(f"step {group.step} is not in the store: steps 0..{array.shape[1] - 1} were recorded")
-    return array.get_orthogonal_selection((images, group.step))
+    return take_images(array, images, group.step)
 
 
 def fit_group(output: str, group: ProbeGroup, data: GridData) -> list[dict]:
     """Fit and score every target on one activation slice; store weights, then the rows (the completion record)."""
     every = np.concatenate([data.train, data.test])
-    acts = read_activations(output, group, every)
-    acts_train, acts_test = acts[: len(data.train)], acts[len(data.train):]
+    every_acts = read_activations(output, group, every)
+    acts = GroupActs(every_acts[: len(data.train)], every_acts[len(data.train):], data)
     rows, weights = [], {}
     jobs = [(group.variant, False)] + ([("shuffled", True)] if group.variant == "ldm" else [])
     for target in data.labels:
         for variant, shuffled in jobs:
-            metrics, probe = fit_and_score(acts_train, acts_test, target, data, shuffled)
+            metrics, probe = fit_and_score(acts, target, data, shuffled)
             rows.append(dict(variant=variant, hook=group.hook, step=group.step, target=target, mode=data.mode,
                              n_train=len(data.train), n_test=len(data.test), **metrics))
             if probe is not None:

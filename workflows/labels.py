@@ -17,7 +17,7 @@ import numpy as np
 
 from ldm.errors import UserError
 from ldm.labelers import Labeler, load_depth_labeler, load_saliency_labeler
-from workflows.store import completion_records, load_run_config, open_store, shard_ranges, write_atomic
+from workflows.store import completion_records, load_run_config, open_store, shard_ranges, take_images, write_atomic
 
 TARGETS = ("saliency", "depth")
 
@@ -94,4 +94,4 @@ def read_labels(output: str, target: str, images: np.ndarray | None = None) -> n
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise UserError(f"{len(missing)} images have no {target} labels (images {shown}); run the label stage")
-    return array.get_orthogonal_selection((index, slice(None), slice(None)))
+    return take_images(array, index)

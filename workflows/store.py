@@ -190,6 +190,20 @@ def open_store(output: str, mode: str = "r") -> zarr.Group:
     return zarr.open_group(_zarr_store(output), mode=mode)
 
 
+def take_images(array: zarr.Array, images: np.ndarray, *index: Any) -> np.ndarray:
+    """`array[images, *index]` for integer image indices along the first axis: one contiguous read of the range they
+    span when they fill at least half of it, Zarr's orthogonal selection otherwise (with an index array it read the
+    toy grid's activations 3x slower than a slice of the same chunks)."""
+    images = np.asarray(images, np.int64)
+    if len(images) == 0:
+        return array.get_orthogonal_selection((images, *index))
+    lo, hi = int(images.min()), int(images.max()) + 1
+    if hi - lo > 2 * len(images):
+        return array.get_orthogonal_selection((images, *index))
+    block = np.asarray(array[(slice(lo, hi), *index)])
+    return block if np.array_equal(images, np.arange(lo, hi)) else block[images - lo]
+
+
 def complete_images(output: str) -> np.ndarray:
     """Boolean mask over images: True where the image's shard has its completion record."""
     shard_of = np.arange(_manifest_rows(output)) // load_run_config(output).shard_size
