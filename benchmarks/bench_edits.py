@@ -71,9 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labeler", choices=("toy", "simple"), default="toy")
     p.add_argument("--steps", type=int, default=15, help="denoising steps")
     p.add_argument("--edit-steps", default="0,1,2,3,4", help="edited steps (the paper's saliency default)")
-    p.add_argument("--hooks", default=None, help="edited hooks, comma-separated (default: the up blocks)")
+    p.add_argument("--hooks", default=None,
+                   help='edited hooks, comma-separated, or "all" U-Net hooks (default: the up blocks)')
     p.add_argument("--train", type=int, default=64, help="images to fit the probes on")
     p.add_argument("--test", type=int, default=8, help="held-out images to edit")
+    p.add_argument("--test-offset", type=int, default=0,
+                   help="first held-out scene to edit (HELD_OUT_SEED + this): fresh images to confirm a setting chosen "
+                        "on the default ones")
     p.add_argument("--targets", type=int, default=5, help="targets per test image")
     p.add_argument("--iters", type=int, default=128, help="Adam iterations of the paper's edit")
     p.add_argument("--lr", type=float, default=5e-3)
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_model(args.model, steps=args.steps, device=args.device)
     unet = [h.name for h in model.hook_points if h.kind == "unet"]
-    hooks = args.hooks.split(",") if args.hooks else default_hooks("saliency", unet)
+    hooks = unet if args.hooks == "all" else args.hooks.split(",") if args.hooks else default_hooks("saliency", unet)
     edit_steps = [int(s) for s in args.edit_steps.split(",")]
     if args.labeler == "toy":
         from ldm.labelers import load_saliency_labeler
@@ -101,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         labeler = simple_labeler()
     H, W = model.image_size
     print(f"model {args.model} ({H}x{W}, {args.steps} steps, {model.device}); edits at {len(hooks)} hooks x steps "
-          f"{edit_steps}; {args.train} train / {args.test} test images x {args.targets} targets", flush=True)
+          f"{edit_steps}; {args.train} train / {args.test} test images (held-out scenes {args.test_offset}+) x "
+          f"{args.targets} targets", flush=True)
 
     # 1. Probes on the training images.
     t0 = time.perf_counter()
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{act_norm:.2f}", flush=True)
 
     # 2. Held-out images, their masks and targets.
-    test_seeds = list(range(HELD_OUT_SEED, HELD_OUT_SEED + args.test))
+    test_seeds = list(range(HELD_OUT_SEED + args.test_offset, HELD_OUT_SEED + args.test_offset + args.test))
     prompts = render_batch(test_seeds).captions
     originals = (labeler(generate_batched(model, prompts, test_seeds, args.batch)[0]) > 0.5).astype(np.float32)
     moves = draw_translations(test_seeds, TargetSpec(count=args.targets), (H, W))

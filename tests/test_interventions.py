@@ -183,6 +183,9 @@ def test_stage_writes_rows_images_and_resumes(tiny_run, model):
     with pytest.raises(UserError, match="other settings.*iters"):
         run_interventions(tiny_run, small_cfg(iters=5), model=model, labelers=labelers, stream=io.StringIO())
     assert read_file(tiny_run, "interventions/config.json") is not None
+    from workflows.animate import stage_settings  # the animation's default: the settings the stage used
+
+    assert stage_settings(tiny_run).data_fields() == cfg.data_fields()
 
 
 def test_missing_probe_for_a_hook_or_step(tiny_run, model):
@@ -223,6 +226,27 @@ def test_animation_gif_and_cli(tiny_run, model, tmp_path):
                  ",".join(HOOKS)]) == 0
     assert Image.open(os.path.join(tiny_run, "interventions", "moving_object.gif")).n_frames == 2
     assert main(["animate", tiny_run, "--steps", "0,2"]) == 2  # no probe at step 2: a one-line error
+
+def test_strength_per_task_and_all_hooks(tiny_run, model, tmp_path):
+    from workflows.animate import animate_run
+    from workflows.config import ConfigError, RunConfig, intervention_config
+
+    cfg = small_cfg(strength={"saliency": 3.0})
+    assert cfg.strength_of("saliency") == 3.0 and cfg.strength_of("depth") == 1.0
+    assert small_cfg(strength=2).strength_of("depth") == 2.0
+    with pytest.raises(ValueError, match="unknown task.*colour"):
+        small_cfg(strength={"colour": 2.0})
+    with pytest.raises(ConfigError, match="positive"):
+        intervention_config(RunConfig(interventions={"strength": 0}))
+    # the animation edits with the stage's strength: x3 gives other frames than x1
+    weak = animate_run(tiny_run, frames=2, cfg=small_cfg(methods=("closed-form",)), model=model,
+                       out=str(tmp_path / "weak.gif"))
+    strong = animate_run(tiny_run, frames=2, cfg=cfg, model=model, out=str(tmp_path / "strong.gif"))
+    assert not np.array_equal(weak.frames, strong.frames)
+    # "all" edits every U-Net hook of the run: this run has probes at two of them only, and the error names another
+    with pytest.raises(UserError, match=r"down_0_0@0"):
+        run_interventions(tiny_run, small_cfg(saliency_hooks="all"), model=model, labelers=fake_labelers())
+
 
 @pytest.mark.slow
 def test_ray_pool_matches_the_local_stage(tiny_run, model, tmp_path):

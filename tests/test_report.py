@@ -87,6 +87,20 @@ def test_probes_only_output_shows_figures_and_says_what_is_missing(tmp_path):
     assert text.count(">n/a<") == 0
 
 
+def test_best_probe_is_chosen_on_the_training_split(tmp_path):
+    rows = fake_metric_rows()
+    for r in rows:  # training scores peak at step 1 while the test metric keeps rising: the table must follow them
+        if r["variant"] != "position":
+            r["train_score"] = 1.0 - abs(r["step"] - 1) * 0.1
+    out = tmp_path / "run"
+    (out / "probes").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "probes" / "metrics.parquet")
+    text = build_report(str(out)).read_text()
+    for target in ("saliency", "depth"):
+        best = re.search(rf"<td>{target}</td><td>ldm</td><td>(\w+)</td><td>(\d+)</td><td>(\w+)</td>", text)
+        assert best and best.group(2) == "1" and best.group(3) == "train", target
+
+
 def test_empty_folder_report(tmp_path):
     path = build_report(str(tmp_path / "nothing"))
     text = path.read_text()

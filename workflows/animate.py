@@ -17,7 +17,7 @@ from PIL import Image
 from ldm.errors import UserError
 from workflows.edit_generation import METHODS, ProbeTable, run_edits
 from workflows.interventions import ROOT, InterventionConfig, gather_inputs
-from workflows.store import write_atomic
+from workflows.store import read_file, write_atomic
 from workflows.targets import slide_translations, translate_mask
 
 GIF = f"{ROOT}/moving_object.gif"
@@ -37,14 +37,17 @@ class Animation:
 
 def slide(model, probes: ProbeTable, mask: np.ndarray, prompt: str, seed: int, *, hooks: list[str],
           steps: list[int], frames: int = 12, extent: float = 0.3, axis: str = "x", method: str = "closed-form",
-          lr: float = 5e-3, iters: int = 128, batch: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          lr: float = 5e-3, iters: int = 128, strength: float = 1.0, units: str = "standardised",
+          batch: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Edited images `(frame, H, W, 3)`, targets `(frame, H, W)` and translations `(frame, 2)` for a mask `(H, W)`
-    slid from -extent to +extent of the frame; rendered `batch` frames per generate call."""
+    slid from -extent to +extent of the frame; rendered `batch` frames per generate call. The edit settings are the
+    interventions stage's (`workflows.edit_generation.run_edits`)."""
     moves = slide_translations(frames, mask.shape, extent=extent, axis=axis)
     base = (np.asarray(mask) > 0.5).astype(np.float32)
     targets = translate_mask(np.broadcast_to(base, (frames, *base.shape)), moves[:, 0], moves[:, 1])
     images = [run_edits(model, probes, method, targets[i:i + batch], prompt, seed, "saliency", hooks=hooks,
-                        steps=steps, lr=lr, iters=iters) for i in range(0, frames, batch)]
+                        steps=steps, lr=lr, iters=iters, strength=strength, units=units)
+              for i in range(0, frames, batch)]
     return np.concatenate(images), targets, moves
 
 
@@ -65,15 +68,31 @@ def gif_bytes(frames: np.ndarray, targets: np.ndarray | None = None, duration_ms
     return buffer.getvalue()
 
 
+def stage_settings(output: str) -> InterventionConfig:
+    """The edit settings the run's interventions stage used (`interventions/config.json`), or before that stage has
+    run, the `interventions` section of the run's stored config."""
+    stored = read_file(output, f"{ROOT}/config.json")
+    if stored is not None:
+        return InterventionConfig(**json.loads(stored))
+    from workflows.config import intervention_config
+    from workflows.store import load_run_config
+
+    try:
+        return intervention_config(load_run_config(output))
+    except FileNotFoundError:
+        raise UserError(f"{output!r} holds no sceneprobe run; generate it first (`sceneprobe run CONFIG`)") from None
+
+
 def animate_run(output: str, image: int | None = None, *, frames: int = 12, extent: float = 0.3, axis: str = "x",
                 method: str = "closed-form", cfg: InterventionConfig | None = None, model=None,
                 out: str | None = None, device: str = "auto") -> Animation:
-    """Render the moving-object animation for one test image of a probed run (default: the first test image).
+    """Render the moving-object animation for one test image of a probed run (default: the first test image), with
+    the edit settings of `cfg` (default: `stage_settings(output)`).
 
     Writes `<output>/interventions/moving_object.gif` (or `out`, a local path) and a JSON note beside it."""
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    cfg = replace(cfg or InterventionConfig(), tasks=("saliency",), methods=(method,), max_images=None)
+    cfg = replace(cfg or stage_settings(output), tasks=("saliency",), methods=(method,), max_images=None)
     inputs = gather_inputs(output, cfg)
     ids = [int(i) for i in inputs.test]
     if image is None:
@@ -89,10 +108,12 @@ def animate_run(output: str, image: int | None = None, *, frames: int = 12, exte
         model = load(load_run_config(output), device=device)
     edited, targets, moves = slide(model, inputs.probes["saliency"], inputs.labels["saliency"][k], inputs.prompts[k],
                                    inputs.seeds[k], hooks=inputs.hooks["saliency"], steps=cfg.steps("saliency"),
-                                   frames=frames, extent=extent, axis=axis, method=method, lr=cfg.lr, iters=cfg.iters)
+                                   frames=frames, extent=extent, axis=axis, method=method, lr=cfg.lr, iters=cfg.iters,
+                                   strength=cfg.strength_of("saliency"), units=cfg.closed_form_units)
     anim = Animation(edited, targets, moves, inputs.prompts[k], inputs.seeds[k], image, method)
     note = {"image": image, "prompt": anim.prompt, "seed": anim.seed, "method": method,
-            "hooks": inputs.hooks["saliency"], "steps": cfg.steps("saliency"), "translations": moves.tolist()}
+            "hooks": inputs.hooks["saliency"], "steps": cfg.steps("saliency"),
+            "strength": cfg.strength_of("saliency"), "translations": moves.tolist()}
     data = gif_bytes(edited, targets)
     if out is None:
         write_atomic(output, GIF, data)

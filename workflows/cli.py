@@ -39,11 +39,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_animate(args: argparse.Namespace) -> int:
     """The moving-object animation: slide a test image's salient mask across the frame with edits (a GIF)."""
-    from workflows.animate import GIF, animate_run
-    from workflows.interventions import InterventionConfig
+    from dataclasses import replace
 
-    cfg = InterventionConfig(**({"saliency_steps": args.steps} if args.steps else {}),
-                             **({"saliency_hooks": args.hooks} if args.hooks else {}))
+    from workflows.animate import GIF, animate_run, stage_settings
+
+    given = {"saliency_steps": args.steps, "saliency_hooks": args.hooks, "strength": args.strength}
+    cfg = replace(stage_settings(args.run), **{k: v for k, v in given.items() if v is not None})
     anim = animate_run(args.run, args.image, frames=args.frames, extent=args.extent, axis=args.axis,
                        method=args.method, cfg=cfg, out=args.out, device=args.device)
     print(f"{args.out or args.run.rstrip('/') + '/' + GIF}: image {anim.image} ({anim.prompt!r}, seed {anim.seed}), "
@@ -103,8 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--axis", choices=("x", "y"), default="x")
     animate.add_argument("--method", choices=("closed-form", "paper", "random"), default="closed-form")
     animate.add_argument("--steps", type=lambda v: [int(s) for s in v.split(",")], default=None,
-                         help="edited steps, e.g. 0,1,2,3,4 (default: the paper's)")
-    animate.add_argument("--hooks", type=lambda v: v.split(","), default=None, help="edited hooks (default: up blocks)")
+                         help="edited steps, e.g. 0,1,2,3,4 (default: the run's interventions settings)")
+    animate.add_argument("--hooks", type=lambda v: v if v == "all" else v.split(","), default=None,
+                         help='edited hooks, comma-separated, or "all" (default: the run\'s interventions settings)')
+    animate.add_argument("--strength", type=float, default=None,
+                         help="edit strength (default: the run's interventions settings)")
     animate.add_argument("--out", default=None, help="GIF path (default: <run>/interventions/moving_object.gif)")
     animate.add_argument("--device", default="auto")
     animate.set_defaults(func=cmd_animate)

@@ -44,20 +44,22 @@ TASKS: tuple[str, ...] = ("saliency", "depth")
 @dataclass
 class InterventionConfig:
     """What the interventions stage does. Hooks None: the task's paper default (saliency: every up-block
-    self-attention, the paper's 9 layers in SD v1; depth: every self-attention, the paper's 16)."""
+    self-attention, the paper's 9 layers in SD v1; depth: every self-attention, the paper's 16); "all": every U-Net
+    hook of the run."""
 
     tasks: tuple[str, ...] = TASKS
     methods: tuple[str, ...] = METHODS
-    saliency_hooks: list[str] | None = None
+    saliency_hooks: list[str] | str | None = None
     saliency_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    depth_hooks: list[str] | None = None
+    depth_hooks: list[str] | str | None = None
     depth_steps: list[int] = field(default_factory=lambda: [0, 1, 2])
     targets: TargetSpec = field(default_factory=TargetSpec)
     variant: str = "ldm"  # whose probes steer the edits (the main run's, normally)
     lr: float = 5e-3  # paper edits: Adam learning rate
     iters: int = 128  # paper edits: Adam iterations
     random_reference: str = "closed-form"  # the edit whose per-position norm the random control copies
-    strength: float = 1.0  # every edit a' - a is scaled by this (the random control copies the scaled norm)
+    strength: float | dict[str, float] = 1.0  # every edit a' - a is scaled by this (the random control copies the
+    # scaled norm); one number for every task, or {task: number} (tasks left out: 1)
     closed_form_units: str = "standardised"  # the closed form's minimal edit in the probe's standardised or raw units
     max_images: int | None = None  # None: every test image; else the first N (quick looks)
     actors: int | None = None  # Ray: None = one per GPU, or one per `cpus_per_actor` CPUs
@@ -76,12 +78,21 @@ class InterventionConfig:
             raise ValueError("random_reference must be 'closed-form' or 'paper'")
         if isinstance(self.targets, dict):
             self.targets = TargetSpec(**self.targets)
+        strengths = self.strength if isinstance(self.strength, dict) else {t: self.strength for t in TASKS}
+        unknown = [t for t in strengths if t not in TASKS]
+        if unknown:
+            raise ValueError(f"strength for unknown task(s) {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
+        if not all(isinstance(v, (int, float)) and v > 0 for v in strengths.values()):
+            raise ValueError(f"strength must be a positive number (or {{task: number}}), got {self.strength!r}")
 
-    def hooks(self, task: str) -> list[str] | None:
+    def hooks(self, task: str) -> list[str] | str | None:
         return self.saliency_hooks if task == "saliency" else self.depth_hooks
 
     def steps(self, task: str) -> list[int]:
         return list(self.saliency_steps if task == "saliency" else self.depth_steps)
+
+    def strength_of(self, task: str) -> float:
+        return float(self.strength.get(task, 1.0) if isinstance(self.strength, dict) else self.strength)
 
     def data_fields(self) -> dict:
         """The fields that decide what an edit produces: a resumed stage must match them."""
@@ -139,7 +150,7 @@ def run_unit(worker: Worker, unit: Unit) -> list[dict]:
     start = time.perf_counter()
     images = run_edits(worker.model, worker.probes[task], unit.method, targets, unit.prompt, unit.seed, task,
                        hooks=worker.hooks[task], steps=cfg.steps(task), lr=cfg.lr, iters=cfg.iters,
-                       random_reference=cfg.random_reference, strength=cfg.strength,
+                       random_reference=cfg.random_reference, strength=cfg.strength_of(task),
                        units=cfg.closed_form_units,
                        edit_seed_base=cfg.targets.seed, image=unit.image, stats=stats)
     seconds = time.perf_counter() - start
@@ -205,7 +216,7 @@ def gather_inputs(output: str, cfg: InterventionConfig) -> StageInputs:
                         "test images (test_fraction > 0, or a test prompts file)")
     layout = load_layout(output)
     unet = [h for h in layout.acts if h not in EXTRAS]
-    hooks = {t: list(cfg.hooks(t) or default_hooks(t, unet)) for t in cfg.tasks}
+    hooks = {t: list(unet if cfg.hooks(t) == "all" else cfg.hooks(t) or default_hooks(t, unet)) for t in cfg.tasks}
     for task in cfg.tasks:
         bad = [s for s in cfg.steps(task) if not 0 <= s < run_cfg.steps]
         if bad or not cfg.steps(task) or not hooks[task]:

@@ -108,3 +108,22 @@ def run_pool(
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def _animate(output: str, cfg: dict, cpu_threads: int | None) -> str:
+    import torch
+
+    from workflows.animate import animate_run
+
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)
+    return animate_run(output, cfg=InterventionConfig(**cfg)).prompt
+
+
+def animate_on_ray(output: str, cfg: InterventionConfig, address: str | None = None) -> None:
+    """The moving-object GIF (`workflows.animate.animate_run`) as one Ray task with an actor's resources, so it
+    renders on a GPU where the cluster has one rather than in the driver."""
+    ensure_ray(address)
+    _, options = pool_size(cfg, 1)
+    cpu_threads = None if options["num_gpus"] else cfg.cpus_per_actor
+    ray.get(ray.remote(**options)(_animate).remote(output, dataclasses.asdict(cfg), cpu_threads))

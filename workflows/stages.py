@@ -96,15 +96,25 @@ def run_probes(cfg: RunConfig, use_ray: bool = True, stream: TextIO | None = Non
 
 
 def run_intervene(cfg: RunConfig, use_ray: bool = True, address: str | None = None, fresh: bool = False) -> bool:
-    """The interventions stage with the config's `interventions` section and the run's labelers."""
+    """The interventions stage with the config's `interventions` section and the run's labelers, then the
+    moving-object GIF (`workflows.animate`) with the same edit settings."""
     from workflows.config import intervention_config
     from workflows.interventions import run_interventions
 
     require_run(cfg, "intervene")
 
     specs = {t: dataclasses.asdict(getattr(cfg.labels, t)) for t in cfg.probes.targets}
-    result = run_interventions(cfg.output, intervention_config(cfg), use_ray=use_ray, address=address,
-                               labeler_specs=specs, fresh=fresh)
+    icfg = intervention_config(cfg)
+    result = run_interventions(cfg.output, icfg, use_ray=use_ray, address=address, labeler_specs=specs, fresh=fresh)
+    if result.ok and "saliency" in icfg.tasks:  # the paper's moving object, for the report (seconds: 12 frames)
+        if use_ray:
+            from workflows.ray_interventions import animate_on_ray
+
+            animate_on_ray(cfg.output, icfg, address)
+        else:
+            from workflows.animate import animate_run
+
+            animate_run(cfg.output, cfg=icfg)
     return result.ok
 
 
