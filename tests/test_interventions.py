@@ -236,6 +236,8 @@ def test_strength_per_task_and_all_hooks(tiny_run, model, tmp_path):
     assert small_cfg(strength=2).strength_of("depth") == 2.0
     with pytest.raises(ValueError, match="unknown task.*colour"):
         small_cfg(strength={"colour": 2.0})
+    with pytest.raises(ValueError, match="saliency_hooks must be a list"):
+        small_cfg(saliency_hooks="up_1_0,up_1_1")
     with pytest.raises(ConfigError, match="positive"):
         intervention_config(RunConfig(interventions={"strength": 0}))
     # the animation edits with the stage's strength: x3 gives other frames than x1

@@ -78,6 +78,9 @@ class InterventionConfig:
             raise ValueError("random_reference must be 'closed-form' or 'paper'")
         if isinstance(self.targets, dict):
             self.targets = TargetSpec(**self.targets)
+        for name in ("saliency_hooks", "depth_hooks"):
+            if isinstance(getattr(self, name), str) and getattr(self, name) != "all":
+                raise ValueError(f"{name} must be a list of hook names, \"all\" or null; got {getattr(self, name)!r}")
         strengths = self.strength if isinstance(self.strength, dict) else {t: self.strength for t in TASKS}
         unknown = [t for t in strengths if t not in TASKS]
         if unknown:

@@ -110,14 +110,14 @@ def run_pool(
             ray.kill(actor)
 
 
-def _animate(output: str, cfg: dict, cpu_threads: int | None) -> str:
+def _animate(output: str, cfg: dict, cpu_threads: int | None) -> None:
     import torch
 
     from workflows.animate import animate_run
 
     if cpu_threads:
         torch.set_num_threads(cpu_threads)
-    return animate_run(output, cfg=InterventionConfig(**cfg)).prompt
+    animate_run(output, cfg=InterventionConfig(**cfg))
 
 
 def animate_on_ray(output: str, cfg: InterventionConfig, address: str | None = None) -> None:
