@@ -347,7 +347,8 @@ def tables(page: Page, rows: list[dict] | None) -> None:
                 r = max(trained, key=lambda r: r["train_score"]) if trained else (
                     (min if better == "lower" else max)(sel, key=lambda r: r[metric]))
                 best.append({"target": target, "variant": variant, "hook": r["hook"], "step": r["step"],
-                             "chosen on": "train" if trained else "test", "metric": metric, "value": r[metric],
+                             "chosen on": "train" if trained else "test" if len(sel) > 1 else "-",
+                             "metric": metric, "value": r[metric],
                              "lo": r[f"{metric}_lo"], "hi": r[f"{metric}_hi"], "n_test": r.get("n_test")})
     page.parts.append("<p>Best probe per target and variant: the (layer, step) with the best score on the training "
                       "images (<code>train_score</code>), reported on the test split, so the test value is not "
