@@ -20,8 +20,8 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/sceneprobe demo
 
-test: install
-	$(BIN)/python -m pytest -q
+test: install  # faulthandler: a crash, even at interpreter exit after the tests, prints where it happened
+	PYTHONFAULTHANDLER=1 $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) runs/demo

@@ -73,11 +73,11 @@ def main() -> None:
         if out.exists():
             shutil.rmtree(out)
         create_store(cfg, plan, layout)
-        writer = ShardWriter(cfg.output)
-        start = time.perf_counter()
-        for shard in shards:
-            generate_shard(model, cfg, shard, writer)
-        return time.perf_counter() - start
+        with ShardWriter(cfg.output) as writer:
+            start = time.perf_counter()
+            for shard in shards:
+                generate_shard(model, cfg, shard, writer)
+            return time.perf_counter() - start
 
     times = {"plain": [], "captured": []}
     for _ in range(args.repeat):  # alternate, so drifting machine load hits both alike

@@ -103,6 +103,7 @@ def measure_memory(batch: int, steps: int, device: str, dtype: str, capture: boo
             else:
                 model.generate(prompts, seeds)
         seconds = time.perf_counter() - start
+        writer.close()
     out = {"mode": "capture" if capture else "plain", "batch": batch, "steps": steps, "device": device,
            "dtype": dtype, "seconds": round(seconds, 1),
            "rss_after_load_mb": round(loaded_mb), "peak_rss_mb": round(peak_rss_mb()), "extra_mb": rss.extra_mb}
@@ -215,6 +216,7 @@ def cmd_gpu(args: argparse.Namespace) -> None:
                     sync(args.device)
                     timings[label] = time.perf_counter() - start  # before sizing and deleting the store
                     store_mb[label] = round(bytes_on_disk(cfg.output) / 2**20)
+                    writer.close()
             elif label == "copy_only":
                 copy_only(model, prompts, seeds, args.batch)
             else:
@@ -271,6 +273,7 @@ def cmd_writer(args: argparse.Namespace) -> None:
                             writer.write_act(name, a, step, act)
                 writer.complete(0, {"shard": 0})
                 seconds = time.perf_counter() - start
+                writer.close()
                 mb = sum(a.nbytes for a in batch.values()) * args.steps * args.batches / 2**20
                 print(f"| {'direct' if direct else 'zarr'} | {compression} | {args.threads} | {mb:.0f} | "
                       f"{seconds:.1f} | {mb / seconds:.0f} |", flush=True)

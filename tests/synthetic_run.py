@@ -44,13 +44,13 @@ def build(output: str, n_images: int = 24, shard_size: int = 4, complete_shards:
     good[..., 0] += 4 * (salient[:, None] - 0.5)
     good[..., 1] += 3 * depth[:, None]
     noise = rng.normal(size=(n_images, STEPS, h, w, C)).astype(np.float32)
-    writer = ShardWriter(output)
     n_shards = n_images // shard_size
-    for shard in range(n_shards) if complete_shards is None else complete_shards:
-        a, b = shard * shard_size, (shard + 1) * shard_size
-        writer.write_images(a, images[a:b])
-        for step in range(STEPS):
-            writer.write_act("good", a, step, good[a:b, step])
-            writer.write_act("noise", a, step, noise[a:b, step])
-        writer.complete(shard, {"shard": shard})
+    with ShardWriter(output) as writer:
+        for shard in range(n_shards) if complete_shards is None else complete_shards:
+            a, b = shard * shard_size, (shard + 1) * shard_size
+            writer.write_images(a, images[a:b])
+            for step in range(STEPS):
+                writer.write_act("good", a, step, good[a:b, step])
+                writer.write_act("noise", a, step, noise[a:b, step])
+            writer.complete(shard, {"shard": shard})
     return cfg

@@ -30,16 +30,16 @@ def empty_store(output: str, n: int = 12, batch: int = 2) -> None:
 
 def write_all(output: str, acts: dict[str, np.ndarray], batch: int, to_input, threads: int) -> None:
     """Write `acts[name] (image, step, h, w, c)` batch by batch, steps in reverse order, through `to_input`."""
-    writer = ShardWriter(output, threads=threads)
     n = len(next(iter(acts.values())))
-    for shard, a in enumerate(range(0, n, 2 * batch)):
-        writer.begin()
-        for b in range(a, min(a + 2 * batch, n), batch):
-            for step in reversed(range(STEPS)):
-                for name, x in acts.items():
-                    writer.write_act(name, b, step, to_input(x[b:b + batch, step]))
-            writer.end_batch()
-        writer.complete(shard, {"shard": shard})
+    with ShardWriter(output, threads=threads) as writer:
+        for shard, a in enumerate(range(0, n, 2 * batch)):
+            writer.begin()
+            for b in range(a, min(a + 2 * batch, n), batch):
+                for step in reversed(range(STEPS)):
+                    for name, x in acts.items():
+                        writer.write_act(name, b, step, to_input(x[b:b + batch, step]))
+                writer.end_batch()
+            writer.complete(shard, {"shard": shard})
 
 
 def planted(n: int = 12) -> dict[str, np.ndarray]:
@@ -104,6 +104,23 @@ def test_writer_rejects_zero_threads(tmp_path):
     empty_store(str(tmp_path / "run"))
     with pytest.raises(ValueError, match="threads must be >= 1"):
         ShardWriter(str(tmp_path / "run"), threads=0)
+
+
+def test_close_writes_what_is_queued_and_stops_the_threads(tmp_path):
+    output = str(tmp_path / "run")
+    empty_store(output)
+    acts = planted()
+    writer = ShardWriter(output, threads=3)
+    threads = list(writer._threads)
+    writer.begin()
+    for step in range(STEPS):
+        for name, x in acts.items():
+            writer.write_act(name, 0, step, x[0:2, step])
+    writer.end_batch()  # queued, not yet waited for
+    writer.close()
+    assert not any(t.is_alive() for t in threads)
+    writer.close()  # idempotent
+    np.testing.assert_array_equal(open_store(output)["acts/a/act"][0:2], acts["a"][0:2].astype(np.float16))
 
 
 @pytest.mark.gpu

@@ -108,15 +108,15 @@ def _run_local(cfg, resumed, plan, todo, on_done, on_failed) -> list[Shard]:
     model = load(cfg, device="auto")
     if not resumed:
         create_store(cfg, plan, describe(model, cfg))
-    writer = ShardWriter(cfg.output)
-    for shard in todo:
-        for attempt in range(cfg.max_retries + 1):
-            try:
-                on_done(shard, generate_shard(model, cfg, shard, writer, attempt))
-                break
-            except (OSError, RuntimeError, ValueError) as err:  # disk full, CUDA OOM, ...: retry, then report
-                if attempt == cfg.max_retries:
-                    on_failed(shard, f"{type(err).__name__}: {err}")
+    with ShardWriter(cfg.output) as writer:
+        for shard in todo:
+            for attempt in range(cfg.max_retries + 1):
+                try:
+                    on_done(shard, generate_shard(model, cfg, shard, writer, attempt))
+                    break
+                except (OSError, RuntimeError, ValueError) as err:  # disk full, CUDA OOM, ...: retry, then report
+                    if attempt == cfg.max_retries:
+                        on_failed(shard, f"{type(err).__name__}: {err}")
     return []
 
 

@@ -241,8 +241,9 @@ class ShardWriter:
     buffers cost more in page faults than the copies into them. CUDA activations are copied to pinned buffers
     asynchronously (`HostStaging`), so capture does not stall the GPU. A write error (disk full, lost bucket) is
     raised by the next call and by `flush`, and the completion record is written only after every queued write is on
-    storage. One writer per process; an actor keeps it for all its shards. direct=False sends every write through
-    Zarr (for comparison in benchmarks/bench_sd14.py).
+    storage. One writer per process; an actor keeps it for all its shards. `close()` (or `with ShardWriter(...)`)
+    stops the threads, which otherwise hold the writer and its buffers until the process ends. direct=False sends
+    every write through Zarr (for comparison in benchmarks/bench_sd14.py).
     """
 
     def __init__(self, output: str, threads: int = 4, direct: bool = True):
@@ -264,8 +265,10 @@ class ShardWriter:
         acts = len(self.root.attrs["sceneprobe"]["layout"]["acts"])
         self._queue: queue.Queue = queue.Queue(maxsize=acts + 1)
         self._error: BaseException | None = None
-        for k in range(threads):
-            threading.Thread(target=self._drain, name=f"shard-writer-{k}", daemon=True).start()
+        self._threads = [threading.Thread(target=self._drain, name=f"shard-writer-{k}", daemon=True)
+                         for k in range(threads)]
+        for thread in self._threads:
+            thread.start()
 
     def _array(self, path: str) -> zarr.Array:
         if path not in self.arrays:
@@ -274,7 +277,11 @@ class ShardWriter:
 
     def _drain(self) -> None:
         while True:
-            write, args, recycle = self._queue.get()
+            item = self._queue.get()
+            if item is None:  # close(): stop
+                self._queue.task_done()
+                return
+            write, args, recycle = item
             try:
                 if self._error is None:  # after a failure the rest of the shard is dropped; it will be retried
                     write(*args)
@@ -360,6 +367,23 @@ class ShardWriter:
         if self._error is not None:
             err, self._error = self._error, None
             raise err
+
+    def close(self) -> None:
+        """Finish every queued write, then stop the writer threads; raises a pending write error. Idempotent."""
+        try:
+            self.flush()
+        finally:
+            for _ in self._threads:
+                self._queue.put(None)
+            for thread in self._threads:
+                thread.join()
+            self._threads = []
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def complete(self, shard: int, record: dict) -> None:
         """Publish the shard: the completion record is the last thing written, after every chunk."""
