@@ -65,6 +65,16 @@ def generate_batched(model, prompts: list[str], seeds: list[int], batch: int, ho
     return np.concatenate(images), acts
 
 
+def fit_saliency_probes(model, labeler, n_train: int, hooks: list[str], steps: list[int], batch: int):
+    """Saliency probes per (hook, step) fit on toy training scenes 0..n_train-1, and the activations' mean norm per
+    position at those hooks and steps."""
+    seeds = list(range(n_train))
+    images, acts = generate_batched(model, render_batch(seeds).captions, seeds, batch, hooks, steps)
+    masks = (labeler(images) > 0.5).astype(np.float32)  # acts: hook -> (image, step, h, w, c), steps as `steps`
+    probes = {(h, s): fit_probe(acts[h][:, k], masks, "saliency") for h in hooks for k, s in enumerate(steps)}
+    return probes, float(np.mean([np.linalg.norm(a.astype(np.float32), axis=-1).mean() for a in acts.values()]))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="toy", help='"toy" or a diffusers pipeline folder')
@@ -110,12 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. Probes on the training images.
     t0 = time.perf_counter()
-    train_seeds = list(range(args.train))
-    train_images, acts = generate_batched(model, render_batch(train_seeds).captions, train_seeds, args.batch, hooks,
-                                          edit_steps)  # acts: hook -> (image, step, h, w, c), steps as edit_steps
-    masks = (labeler(train_images) > 0.5).astype(np.float32)
-    probes = {(h, s): fit_probe(acts[h][:, k], masks, "saliency") for h in hooks for k, s in enumerate(edit_steps)}
-    act_norm = float(np.mean([np.linalg.norm(a.astype(np.float32), axis=-1).mean() for a in acts.values()]))
+    probes, act_norm = fit_saliency_probes(model, labeler, args.train, hooks, edit_steps, args.batch)
     print(f"probes fit in {time.perf_counter() - t0:.1f}s; mean activation norm per position at the edited layers "
           f"{act_norm:.2f}", flush=True)
 

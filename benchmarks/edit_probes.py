@@ -24,9 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_edits import generate_batched  # noqa: E402
+from bench_edits import fit_saliency_probes  # noqa: E402
 from ldm.labelers import load_saliency_labeler  # noqa: E402
-from ldm.toy.render import render_batch  # noqa: E402
 from probes.fit import fit_probe  # noqa: E402
 from workflows.animate import stage_settings  # noqa: E402
 from workflows.edit_generation import run_edits, score  # noqa: E402
@@ -57,10 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     data = prepare_grid_data(args.run, ("saliency",), n_boot=10)
     refit = {(h, s): fit_probe(read_activations(args.run, ProbeGroup(cfg.variant, h, s), data.train),
                                data.labels["saliency"][0], "saliency", seed=data.seed) for h in hooks for s in steps}
-    seeds = list(range(args.train))
-    images, acts = generate_batched(model, render_batch(seeds).captions, seeds, 8, hooks, steps)
-    masks = (labeler(images) > 0.5).astype(np.float32)
-    fresh = {(h, s): fit_probe(acts[h][:, k], masks, "saliency") for h in hooks for k, s in enumerate(steps)}
+    fresh, _ = fit_saliency_probes(model, labeler, args.train, hooks, steps, batch=8)
     sets = {"run probes": inputs.probes["saliency"], "refit (current code, run data)": refit,
             f"fit on scenes 0-{args.train - 1}": fresh}
 

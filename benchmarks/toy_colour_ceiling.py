@@ -24,27 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusers import AutoencoderKL  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from ldm.toy.captions import COLOURS  # noqa: E402
-from ldm.toy.quality import colour_features, vae_round_trip  # noqa: E402
-from ldm.toy.render import HELD_OUT_SEED, render_batch  # noqa: E402
+from ldm.toy.quality import colour_features, colour_reader, object_colours, vae_round_trip  # noqa: E402
+from ldm.toy.render import HELD_OUT_SEED  # noqa: E402
 from ldm.toy.train_ldm import encode_means  # noqa: E402
 from probes.resample import downsample_area  # noqa: E402
-
-
-def objects(seeds: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Renders `(scene, H, W, 3)`, and per object of at least 20 px: its scene, mask `(H, W)` and colour index."""
-    batch = render_batch(seeds)
-    n_obj = [len(s.objects) for s in batch.scenes]
-    scene = np.repeat(np.arange(len(seeds)), n_obj)
-    slot = np.concatenate([np.arange(k) for k in n_obj])
-    masks = batch.objects[scene, slot]
-    keep = masks.sum((1, 2)) >= 20
-    colour = np.array([COLOURS.index(o.colour) for s in batch.scenes for o in s.objects])
-    return batch.rgb, scene[keep], masks[keep], colour[keep]
 
 
 def latent_features(vae: AutoencoderKL, rgb: np.ndarray, scene: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -58,10 +43,6 @@ def latent_features(vae: AutoencoderKL, rgb: np.ndarray, scene: np.ndarray, mask
     return np.concatenate([mean, top], 1)
 
 
-def reader():
-    return make_pipeline(StandardScaler(), LogisticRegression(C=10.0, max_iter=3000))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="ldm/toy/checkpoint")
@@ -70,13 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     vae = AutoencoderKL.from_pretrained(args.model, subfolder="vae").eval()
-    rgb, scene, masks, colour = objects(list(range(args.train)))
-    rgb_t, scene_t, masks_t, colour_t = objects(list(range(HELD_OUT_SEED, HELD_OUT_SEED + args.test)))
+    rgb, scene, masks, colour = object_colours(list(range(args.train)))
+    rgb_t, scene_t, masks_t, colour_t = object_colours(list(range(HELD_OUT_SEED, HELD_OUT_SEED + args.test)))
     trip, trip_t = vae_round_trip(vae, rgb), vae_round_trip(vae, rgb_t)
 
-    on_renders = reader().fit(colour_features(rgb[scene], masks), colour)
-    on_trips = reader().fit(colour_features(trip[scene], masks), colour)
-    on_latents = reader().fit(latent_features(vae, rgb, scene, masks), colour)
+    on_renders = colour_reader().fit(colour_features(rgb[scene], masks), colour)
+    on_trips = colour_reader().fit(colour_features(trip[scene], masks), colour)
+    on_latents = colour_reader().fit(latent_features(vae, rgb, scene, masks), colour)
     rows = {
         "renders, render reader": on_renders.predict(colour_features(rgb_t[scene_t], masks_t)),
         "VAE round trips, render reader": on_renders.predict(colour_features(trip_t[scene_t], masks_t)),

@@ -95,7 +95,7 @@ class ChannelStats:
     count: int
 
 
-def _stats_of(blocks: Iterable[torch.Tensor], eps: float) -> ChannelStats:
+def _stats_of(blocks: Iterable[torch.Tensor], eps: float = 1e-6) -> ChannelStats:
     """Channel mean/std over float32 `(pixels, c)` blocks. Sums are shifted by the first block's mean so float64
     accumulation stays exact even when a channel's mean dwarfs its spread. Dead channels (std < eps) get scale 1 so
     they stay zero after scaling."""
@@ -176,7 +176,7 @@ class StandardisedBlocks:
                        cache_bytes=0, device=device)
         c = acts.shape[-1]
         kept = [(idx, x.reshape(-1, c)) for idx, x in iter_blocks(acts, chunk_bytes=chunk_bytes, device=device)]
-        stats = _stats_of((x for _, x in kept), eps=1e-6)
+        stats = _stats_of(x for _, x in kept)
         blocks = cls(acts, stats, chunk_bytes=chunk_bytes, cache_bytes=cache_bytes, device=device)
         blocks.cache = [(idx, x.sub_(blocks.mu).div_(blocks.sd)) for idx, x in kept]
         return blocks

@@ -223,14 +223,15 @@ class _Targets:
 
     def __init__(self, y: np.ndarray, train: np.ndarray, device: str):
         self.y, self.train, self.device = y, train, device
-        self.kept: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.kept: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, float]] = {}
 
-    def __call__(self, idx: np.ndarray, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, idx: np.ndarray, rows: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(targets, training weights, number of training pixels) of the block of images `idx` with `rows` rows."""
         key = (int(idx[0]), len(idx))  # blocks are contiguous image ranges
         if key not in self.kept:
             on = np.repeat(self.train[idx], rows // len(idx)).astype(np.float32)
             self.kept[key] = (torch.from_numpy(self.y[idx].reshape(-1)).to(self.device),
-                              torch.from_numpy(on).to(self.device))
+                              torch.from_numpy(on).to(self.device), float(on.sum()))
         return self.kept[key]
 
 
@@ -257,12 +258,12 @@ def _newton_pass(blocks: Blocks, targets: _Targets, theta: torch.Tensor, with_he
     hess = torch.zeros(c + 1, c + 1, dtype=torch.float64, device=device) if with_hessian else None
     n_tr, n_va, n_hess = 0.0, 0.0, 0.0
     for idx, x in blocks:
-        t, on = targets(idx, x.shape[0])
+        t, on, n_on = targets(idx, x.shape[0])
         z = x @ w32 + b32
         per = torch.nn.functional.softplus(z) - t * z
         p = torch.sigmoid(z)
         r = (p - t) * on
-        tr_loss, all_loss, n_on = (per * on).sum(), per.sum(), float(on.sum())
+        tr_loss, all_loss = (per * on).sum(), per.sum()
         loss += tr_loss.double()
         vloss += (all_loss - tr_loss).double()
         n_tr, n_va = n_tr + n_on, n_va + x.shape[0] - n_on

@@ -217,8 +217,8 @@ def fit_and_score(acts: GroupActs, target: str, data: GridData,
             m = data.mean_maps["depth"]
             m_layer = downsample_area(m[None], h, w)[0]
             aug_train, aug_test = acts.positioned()
-            # the map is the starting point: only the deviation is penalised
-            pos_probe = fit(aug_train, labels - downsample_area(m[None], *labels.shape[1:])[0], positioned=True)
+            # the map is the starting point: only the deviation is penalised (labels at layer or image resolution)
+            pos_probe = fit(aug_train, labels - (m_layer if labels.shape[1:] == (h, w) else m), positioned=True)
             positioned = [m_layer + pos_probe.predict(aug_train), m_layer + pos_probe.predict(aug_test)]
         row = _metric_columns(score_prediction(target, probe.predict(acts.test), data, positioned[1]))
         train = score_prediction(target, probe.predict(acts.train), data, positioned[0], split=0)

@@ -55,22 +55,33 @@ def colour_features(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
         return np.concatenate([mean, top, top / top.sum(1, keepdims=True), np.log(top.mean(1, keepdims=True) + 1e-3)], 1)
 
 
-def fit_colour_classifier(seeds: list[int], min_area: int = 20):
-    """A multinomial logistic regression from `colour_features` of exact object masks to COLOURS indices, fit on the
-    renders of `seeds` (training seeds: the held-out scenes never shape it)."""
+def object_colours(seeds: list[int], min_area: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The renders of `seeds` `(scene, H, W, 3)`, and for every object of at least `min_area` pixels: its scene
+    index, exact mask `(H, W)` and colour (index into COLOURS)."""
+    batch = render_batch(seeds)
+    n_obj = [len(s.objects) for s in batch.scenes]
+    scene = np.repeat(np.arange(len(seeds)), n_obj)
+    slot = np.concatenate([np.arange(k) for k in n_obj])
+    masks = batch.objects[scene, slot]
+    keep = masks.sum((1, 2)) >= min_area
+    colour = np.array([COLOURS.index(o.colour) for s in batch.scenes for o in s.objects])
+    return batch.rgb, scene[keep], masks[keep], colour[keep]
+
+
+def colour_reader():
+    """An unfitted multinomial logistic regression for colour features (standardised)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    batch = render_batch(seeds)
-    n_obj = [len(s.objects) for s in batch.scenes]
-    image = np.repeat(np.arange(len(seeds)), n_obj)
-    slot = np.concatenate([np.arange(k) for k in n_obj])
-    masks = batch.objects[image, slot]
-    keep = masks.sum((1, 2)) >= min_area
-    labels = np.array([COLOURS.index(o.colour) for s in batch.scenes for o in s.objects])
-    x = colour_features(batch.rgb[image[keep]], masks[keep])
-    return make_pipeline(StandardScaler(), LogisticRegression(C=10.0, max_iter=3000)).fit(x, labels[keep])
+    return make_pipeline(StandardScaler(), LogisticRegression(C=10.0, max_iter=3000))
+
+
+def fit_colour_classifier(seeds: list[int], min_area: int = 20):
+    """A `colour_reader` from `colour_features` of exact object masks to COLOURS indices, fit on the renders of
+    `seeds` (training seeds: the held-out scenes never shape it)."""
+    rgb, scene, masks, colour = object_colours(seeds, min_area)
+    return colour_reader().fit(colour_features(rgb[scene], masks), colour)
 
 
 def predict_colour(classifier, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
