@@ -26,7 +26,10 @@ PROB_CLIP: tuple[float, float] = (0.02, 0.98)
 
 
 def _vec(x: Any, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, device=device).float()
+    if isinstance(x, torch.Tensor):
+        return x.to(device).float()
+    # a copy: arrays from Ray's object store are read-only, which torch warns about
+    return torch.tensor(np.asarray(x), device=device).float()
 
 
 def _layer_target(target: Any, a: torch.Tensor) -> torch.Tensor:

@@ -276,3 +276,58 @@ def test_ray_pool_matches_the_local_stage(tiny_run, model, tmp_path):
         assert [r["edit_norm"] for r in a[key]] == pytest.approx([r["edit_norm"] for r in b[key]], rel=1e-5)
     np.testing.assert_array_equal(open_store(copy)[images_path("saliency", "closed-form")][9],
                                   open_store(tiny_run)[images_path("saliency", "closed-form")][9])
+
+
+def test_choose_strengths_takes_the_best_mean_gain_and_the_weaker_on_ties():
+    from workflows.interventions import choose_strengths
+
+    table = [{"task": "saliency", "method": "closed-form", "strength": s, "gain": g}
+             for s, g in ((16.0, 0.3), (4.0, 0.1), (8.0, 0.3))]
+    table += [{"task": "saliency", "method": "paper", "strength": s, "gain": g} for s, g in ((1.0, -0.2), (2.0, -0.1))]
+    assert choose_strengths(table) == {"saliency/closed-form": 8.0, "saliency/paper": 2.0}
+
+
+def test_calibration_chooses_strength_on_training_images(tiny_run, model, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from workflows.animate import stage_settings
+    from workflows.config import ConfigError, RunConfig, intervention_config
+    from workflows.interventions import choose_strengths
+
+    with pytest.raises(ValueError, match="unknown task.*colour"):
+        small_cfg(calibrate={"colour": [2.0]})
+    with pytest.raises(ValueError, match="calibrate.saliency must be a non-empty list"):
+        small_cfg(calibrate={"saliency": []})
+    with pytest.raises(ValueError, match="either a strength or calibrate"):
+        small_cfg(strength={"saliency": 2.0}, calibrate={"saliency": [1.0]})
+    with pytest.raises(ConfigError, match="chosen.*calibration"):
+        intervention_config(RunConfig(interventions={"chosen": {"saliency/paper": 2}}))
+    run = str(tmp_path / "run")
+    shutil.copytree(tiny_run, run)
+    cfg = small_cfg(tasks=("saliency",), methods=("closed-form", "random"), calibrate={"saliency": [1.0, 16.0]},
+                    calibrate_images=2)
+    assert cfg.calibrated_methods("saliency") == ["closed-form"] and cfg.calibrated_methods("depth") == []
+    result = run_interventions(run, cfg, model=model, labelers=fake_labelers(), fresh=True, stream=io.StringIO())
+    assert result.ok and result.done == 2 * 2 + 3 * 2  # (2 strengths x 2 training images) + 3 test images x 2 methods
+    table = pq.read_table(os.path.join(run, "interventions", "calibration.parquet")).to_pylist()
+    assert sorted(r["strength"] for r in table) == [1.0, 16.0] and all(r["n_images"] == 2 for r in table)
+    chosen = choose_strengths(table)["saliency/closed-form"]
+    assert [r["strength"] for r in table if r["chosen"]] == [chosen]
+    assert result.config.chosen == {"saliency/closed-form": chosen}
+    records = finished_units(run)
+    calibrated = [k for k in records if k.startswith("calibration/")]
+    assert sorted({records[k][0]["image"] for k in calibrated}) == [0, 1]  # training images only
+    rows = pq.read_table(os.path.join(run, "interventions", "metrics.parquet")).to_pylist()
+    assert {r["image"] for r in rows} == {9, 10, 11} and {r["strength"] for r in rows} == {chosen}
+    # x16 edits are ~16x the x1 ones (not exactly: later steps see the trajectory earlier edits changed), and the
+    # random control copies the chosen closed form's norm
+    norms = {r["strength"]: r["edit_norm"] for r in table}
+    assert norms[16.0] == pytest.approx(16 * norms[1.0], rel=0.1)
+    test_norms = {m: np.mean([r["edit_norm"] for r in rows if r["method"] == m]) for m in ("closed-form", "random")}
+    assert test_norms["random"] == pytest.approx(test_norms["closed-form"], rel=0.5)
+    assert open_store(run)[images_path("saliency", "closed-form")][0].max() == 0  # calibration images not kept
+    assert stage_settings(run).strength_of("saliency", "random") == chosen
+    again = run_interventions(run, cfg, model=model, labelers=fake_labelers(), stream=io.StringIO())
+    assert again.done == 0 and again.skipped == 10 and again.config.chosen == result.config.chosen

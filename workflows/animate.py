@@ -16,7 +16,7 @@ from PIL import Image
 
 from ldm.errors import UserError
 from workflows.edit_generation import METHODS, ProbeTable, run_edits
-from workflows.interventions import ROOT, InterventionConfig, gather_inputs
+from workflows.interventions import CALIBRATION, ROOT, InterventionConfig, gather_inputs
 from workflows.store import read_file, write_atomic
 from workflows.targets import slide_translations, translate_mask
 
@@ -69,11 +69,12 @@ def gif_bytes(frames: np.ndarray, targets: np.ndarray | None = None, duration_ms
 
 
 def stage_settings(output: str) -> InterventionConfig:
-    """The edit settings the run's interventions stage used (`interventions/config.json`), or before that stage has
-    run, the `interventions` section of the run's stored config."""
+    """The edit settings the run's interventions stage used (`interventions/config.json`, with the strengths its
+    calibration chose), or before that stage has run, the `interventions` section of the run's stored config."""
     stored = read_file(output, f"{ROOT}/config.json")
     if stored is not None:
-        return InterventionConfig(**json.loads(stored))
+        chosen = read_file(output, f"{ROOT}/{CALIBRATION}.json")
+        return InterventionConfig(**json.loads(stored), chosen=json.loads(chosen) if chosen else {})
     from workflows.config import intervention_config
     from workflows.store import load_run_config
 
@@ -109,11 +110,11 @@ def animate_run(output: str, image: int | None = None, *, frames: int = 12, exte
     edited, targets, moves = slide(model, inputs.probes["saliency"], inputs.labels["saliency"][k], inputs.prompts[k],
                                    inputs.seeds[k], hooks=inputs.hooks["saliency"], steps=cfg.steps("saliency"),
                                    frames=frames, extent=extent, axis=axis, method=method, lr=cfg.lr, iters=cfg.iters,
-                                   strength=cfg.strength_of("saliency"), units=cfg.closed_form_units)
+                                   strength=cfg.strength_of("saliency", method), units=cfg.closed_form_units)
     anim = Animation(edited, targets, moves, inputs.prompts[k], inputs.seeds[k], image, method)
     note = {"image": image, "prompt": anim.prompt, "seed": anim.seed, "method": method,
             "hooks": inputs.hooks["saliency"], "steps": cfg.steps("saliency"),
-            "strength": cfg.strength_of("saliency"), "translations": moves.tolist()}
+            "strength": cfg.strength_of("saliency", method), "translations": moves.tolist()}
     data = gif_bytes(edited, targets)
     if out is None:
         write_atomic(output, GIF, data)

@@ -44,6 +44,8 @@ def cmd_animate(args: argparse.Namespace) -> int:
     from workflows.animate import GIF, animate_run, stage_settings
 
     given = {"saliency_steps": args.steps, "saliency_hooks": args.hooks, "strength": args.strength}
+    if args.strength is not None:  # a given strength replaces the stage's calibrated one
+        given["chosen"] = {}
     cfg = replace(stage_settings(args.run), **{k: v for k, v in given.items() if v is not None})
     anim = animate_run(args.run, args.image, frames=args.frames, extent=args.extent, axis=args.axis,
                        method=args.method, cfg=cfg, out=args.out, device=args.device)
@@ -108,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--hooks", type=lambda v: v if v == "all" else v.split(","), default=None,
                          help='edited hooks, comma-separated, or "all" (default: the run\'s interventions settings)')
     animate.add_argument("--strength", type=float, default=None,
-                         help="edit strength (default: the run's interventions settings)")
+                         help="edit strength (default: the run's interventions settings, calibrated or given)")
     animate.add_argument("--out", default=None, help="GIF path (default: <run>/interventions/moving_object.gif)")
     animate.add_argument("--device", default="auto")
     animate.set_defaults(func=cmd_animate)

@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import fsspec
 import numpy as np
@@ -30,93 +30,23 @@ import pyarrow.parquet as pq
 from ldm.errors import UserError
 from probes.linear import LinearProbe
 from probes.metrics import DepthScaler, bootstrap_ci
-from workflows.edit_generation import METHODS, METRIC, EditStats, ProbeTable, run_edit, run_edits, score, standardise
+from workflows.edit_generation import METRIC, EditStats, ProbeTable, run_edit, run_edits, score, standardise
 from workflows.grid import load_probe, prepare_grid_data, read_metrics
 from workflows.labels import load_labeler
+from workflows.intervention_config import TASKS, InterventionConfig, default_hooks
 from workflows.store import load_layout, load_plan, load_run_config, open_store, read_file, write_atomic
-from workflows.targets import TargetSpec, draw_translations, make_targets
+from workflows.targets import draw_translations, make_targets
 
-__all__ = ["InterventionConfig", "run_interventions", "run_edit", "run_edits", "run_unit", "gather_inputs"]
-
-TASKS: tuple[str, ...] = ("saliency", "depth")
-
-
-@dataclass
-class InterventionConfig:
-    """What the interventions stage does. Hooks None: the task's paper default (saliency: every up-block
-    self-attention, the paper's 9 layers in SD v1; depth: every self-attention, the paper's 16); "all": every U-Net
-    hook of the run."""
-
-    tasks: tuple[str, ...] = TASKS
-    methods: tuple[str, ...] = METHODS
-    saliency_hooks: list[str] | str | None = None
-    saliency_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    depth_hooks: list[str] | str | None = None
-    depth_steps: list[int] = field(default_factory=lambda: [0, 1, 2])
-    targets: TargetSpec = field(default_factory=TargetSpec)
-    variant: str = "ldm"  # whose probes steer the edits (the main run's, normally)
-    lr: float = 5e-3  # paper edits: Adam learning rate
-    iters: int = 128  # paper edits: Adam iterations
-    random_reference: str = "closed-form"  # the edit whose per-position norm the random control copies
-    strength: float | dict[str, float] = 1.0  # every edit a' - a is scaled by this (the random control copies the
-    # scaled norm); one number for every task, or {task: number} (tasks left out: 1)
-    closed_form_units: str = "standardised"  # the closed form's minimal edit in the probe's standardised or raw units
-    max_images: int | None = None  # None: every test image; else the first N (quick looks)
-    actors: int | None = None  # Ray: None = one per GPU, or one per `cpus_per_actor` CPUs
-    cpus_per_actor: int = 1
-    gpus_per_actor: float = 1.0
-    max_retries: int = 1
-
-    def __post_init__(self) -> None:
-        bad = [t for t in self.tasks if t not in TASKS] + [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ValueError(f"unknown task/method {', '.join(bad)}; tasks: {', '.join(TASKS)}; "
-                             f"methods: {', '.join(METHODS)}")
-        if self.closed_form_units not in ("standardised", "raw"):
-            raise ValueError("closed_form_units must be 'standardised' or 'raw'")
-        if self.random_reference not in ("closed-form", "paper"):
-            raise ValueError("random_reference must be 'closed-form' or 'paper'")
-        if isinstance(self.targets, dict):
-            self.targets = TargetSpec(**self.targets)
-        for name in ("saliency_hooks", "depth_hooks"):
-            if isinstance(getattr(self, name), str) and getattr(self, name) != "all":
-                raise ValueError(f"{name} must be a list of hook names, \"all\" or null; got {getattr(self, name)!r}")
-        strengths = self.strength if isinstance(self.strength, dict) else {t: self.strength for t in TASKS}
-        unknown = [t for t in strengths if t not in TASKS]
-        if unknown:
-            raise ValueError(f"strength for unknown task(s) {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
-        if not all(isinstance(v, (int, float)) and v > 0 for v in strengths.values()):
-            raise ValueError(f"strength must be a positive number (or {{task: number}}), got {self.strength!r}")
-
-    def hooks(self, task: str) -> list[str] | str | None:
-        return self.saliency_hooks if task == "saliency" else self.depth_hooks
-
-    def steps(self, task: str) -> list[int]:
-        return list(self.saliency_steps if task == "saliency" else self.depth_steps)
-
-    def strength_of(self, task: str) -> float:
-        return float(self.strength.get(task, 1.0) if isinstance(self.strength, dict) else self.strength)
-
-    def data_fields(self) -> dict:
-        """The fields that decide what an edit produces: a resumed stage must match them."""
-        return {"saliency_hooks": self.saliency_hooks, "saliency_steps": list(self.saliency_steps),
-                "depth_hooks": self.depth_hooks, "depth_steps": list(self.depth_steps),
-                "targets": vars(self.targets).copy(), "variant": self.variant, "lr": self.lr,
-                "iters": self.iters, "random_reference": self.random_reference, "strength": self.strength,
-                "closed_form_units": self.closed_form_units}
-
-
-def default_hooks(task: str, unet_hooks: Sequence[str]) -> list[str]:
-    """The paper's layers: saliency on the up-block self-attentions, depth on all of them."""
-    return [h for h in unet_hooks if h.startswith("up_")] if task == "saliency" else list(unet_hooks)
-
+__all__ = ["InterventionConfig", "TASKS", "default_hooks", "run_interventions", "run_edit", "run_edits",
+           "run_unit", "gather_inputs"]
 
 # ---------------------------------------------------------------- one unit of work: (task, method, image)
 
 
 @dataclass
 class Unit:
-    """All targets of one test image for one task and method: one batched generation, one record."""
+    """All targets of one image for one task, method and strength: one batched generation, one record. Test images
+    are the stage's results; training images (`calibration`) only choose the strength, and their images are not kept."""
     task: str
     method: str
     image: int
@@ -124,9 +54,13 @@ class Unit:
     seed: int
     label: np.ndarray  # (H, W) the image's own label in the probes' units (0/1 mask, or standardised depth)
     translations: np.ndarray  # (target, 2) tx, ty in pixels
+    strength: float = 1.0
+    calibration: bool = False
 
     @property
     def key(self) -> str:
+        if self.calibration:
+            return f"{CALIBRATION}/{self.task}/{self.method}/x{self.strength:g}/{self.image:06d}"
         return f"{self.task}/{self.method}/{self.image:06d}"
 
 
@@ -153,18 +87,19 @@ def run_unit(worker: Worker, unit: Unit) -> list[dict]:
     start = time.perf_counter()
     images = run_edits(worker.model, worker.probes[task], unit.method, targets, unit.prompt, unit.seed, task,
                        hooks=worker.hooks[task], steps=cfg.steps(task), lr=cfg.lr, iters=cfg.iters,
-                       random_reference=cfg.random_reference, strength=cfg.strength_of(task),
+                       random_reference=cfg.random_reference, strength=unit.strength,
                        units=cfg.closed_form_units,
                        edit_seed_base=cfg.targets.seed, image=unit.image, stats=stats)
     seconds = time.perf_counter() - start
     new = standardise(task, worker.labelers[task](images), worker.scaler)
     scores = score(task, new, original, targets)
-    if worker.sink is not None:
+    if worker.sink is not None and not unit.calibration:
         worker.sink(unit, images)
     n = len(targets)
     return [{"image": unit.image, "seed": int(unit.seed), "prompt": unit.prompt, "target_index": k, "task": task,
-             "method": unit.method, "metric": METRIC[task], "tx": int(unit.translations[k, 0]),
-             "ty": int(unit.translations[k, 1]), **{name: float(v[k]) for name, v in scores.items()},
+             "method": unit.method, "metric": METRIC[task], "strength": unit.strength,
+             "tx": int(unit.translations[k, 0]), "ty": int(unit.translations[k, 1]),
+             **{name: float(v[k]) for name, v in scores.items()},
              "edit_norm": float(stats.norm[k]), "edit_seconds": stats.seconds / n, "seconds": seconds / n}
             for k in range(n)]
 
@@ -172,6 +107,7 @@ def run_unit(worker: Worker, unit: Unit) -> list[dict]:
 # ---------------------------------------------------------------- the stage over a run's test split
 
 ROOT = "interventions"  # <output>/interventions/: config.json, records/, metrics.parquet, summary.parquet
+CALIBRATION = "calibration"  # records/calibration/..., calibration.parquet and calibration.json beside them
 EXTRAS = ("vae_mid", "latent", "x0")
 SUMMARY_FIELDS = ("score_before", "score_after", "gain", "success")
 
@@ -183,6 +119,10 @@ class StageInputs:
     prompts: list[str]
     seeds: list[int]
     labels: dict[str, np.ndarray]  # task -> (image, H, W) for the test images, in order
+    train: np.ndarray  # (image,) the first `calibrate_images` training image ids (calibration only)
+    train_prompts: list[str]
+    train_seeds: list[int]
+    train_labels: dict[str, np.ndarray]  # task -> (image, H, W) for `train`
     probes: dict[str, dict[tuple[str, int], LinearProbe]]
     hooks: dict[str, list[str]]
     scaler: DepthScaler | None
@@ -232,16 +172,40 @@ def gather_inputs(output: str, cfg: InterventionConfig) -> StageInputs:
         raise UserError(f"{output!r} has no labelled test images to edit (max_images={cfg.max_images})")
     probes = {t: {(h, s): load_probe(output, cfg.variant, t, h, s) for h in hooks[t] for s in cfg.steps(t)}
               for t in cfg.tasks}
+    train = data.train[: cfg.calibrate_images] if cfg.calibrate else data.train[:0]
     return StageInputs(test=test, prompts=[plan.prompts[i] for i in test], seeds=[plan.seeds[i] for i in test],
-                       labels={t: data.labels[t][1][: len(test)] for t in cfg.tasks}, probes=probes, hooks=hooks,
-                       scaler=data.depth_scaler, n_images=len(plan), size=tuple(layout.image))
+                       labels={t: data.labels[t][1][: len(test)] for t in cfg.tasks},
+                       train=train, train_prompts=[plan.prompts[i] for i in train],
+                       train_seeds=[plan.seeds[i] for i in train],
+                       train_labels={t: data.labels[t][0][: len(train)] for t in cfg.tasks}, probes=probes,
+                       hooks=hooks, scaler=data.depth_scaler, n_images=len(plan), size=tuple(layout.image))
 
 
 def make_units(inputs: StageInputs, cfg: InterventionConfig) -> list[Unit]:
-    """Every (task, method, test image) unit, with the image's seeded translations."""
+    """Every (task, method, test image) unit, with the image's seeded translations and the method's strength."""
     moves = draw_translations(inputs.test, cfg.targets, inputs.size)
-    return [Unit(task, method, int(image), inputs.prompts[k], int(inputs.seeds[k]), inputs.labels[task][k], moves[k])
+    return [Unit(task, method, int(image), inputs.prompts[k], int(inputs.seeds[k]), inputs.labels[task][k], moves[k],
+                 strength=cfg.strength_of(task, method))
             for task in cfg.tasks for method in cfg.methods for k, image in enumerate(inputs.test)]
+
+
+def calibration_units(inputs: StageInputs, cfg: InterventionConfig) -> list[Unit]:
+    """Every (task, calibrated method, candidate strength, training image) unit: targets drawn as for test images."""
+    moves = draw_translations(inputs.train, cfg.targets, inputs.size)
+    return [Unit(task, method, int(image), inputs.train_prompts[k], int(inputs.train_seeds[k]),
+                 inputs.train_labels[task][k], moves[k], strength=float(strength), calibration=True)
+            for task in cfg.tasks for method in cfg.calibrated_methods(task) for strength in cfg.calibrate[task]
+            for k, image in enumerate(inputs.train)]
+
+
+def choose_strengths(table: list[dict]) -> dict[str, float]:
+    """{"task/method": strength} with the highest mean gain in a calibration `summarise` table (ties: the weaker)."""
+    best: dict[str, dict] = {}
+    for row in sorted(table, key=lambda r: r["strength"]):
+        key = f"{row['task']}/{row['method']}"
+        if key not in best or row["gain"] > best[key]["gain"]:
+            best[key] = row
+    return {key: float(row["strength"]) for key, row in best.items()}
 
 
 def labeler_spec(output: str, task: str) -> dict:
@@ -284,7 +248,8 @@ def prepare_store(output: str, cfg: InterventionConfig, inputs: StageInputs, fre
     current = cfg.data_fields()
     if stored is not None and not fresh:
         # stages recorded before these fields existed used strength 1 and raw units
-        old = {"strength": 1.0, "closed_form_units": "raw", **json.loads(stored)}
+        old = {"strength": 1.0, "closed_form_units": "raw", "calibrate": None, "calibrate_images": 8,
+               **json.loads(stored)}
         diff = [k for k in current if old.get(k) != current[k]]
         if diff:
             raise UserError(f"{output}/{ROOT} holds interventions made with other settings ({', '.join(diff)}); "
@@ -307,9 +272,11 @@ def _records_dir(output: str):
 
 
 def _clear_records(output: str) -> None:
+    """Remove every record and the calibration's choice (a fresh stage chooses again)."""
     fs, base = _records_dir(output)
-    if fs.exists(base):
-        fs.rm(base, recursive=True)
+    for path in (base, f"{base.rsplit('/', 1)[0]}/{CALIBRATION}.json"):
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
 
 
 def finished_units(output: str) -> dict[str, list[dict]]:
@@ -328,13 +295,14 @@ def write_record(output: str, unit: Unit, rows: list[dict]) -> None:
 
 
 def summarise(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> list[dict]:
-    """One row per (task, method): means with 95% bootstrap intervals over *images* (each image's targets are
-    averaged first: the 5 edits of one image share its prompt and seed, so they are not independent)."""
+    """One row per (task, method, strength): means with 95% bootstrap intervals over *images* (each image's targets
+    are averaged first: the 5 edits of one image share its prompt and seed, so they are not independent)."""
     out = []
-    for task, method in sorted({(r["task"], r["method"]) for r in rows}):
-        group = [r for r in rows if r["task"] == task and r["method"] == method]
+    for task, method, strength in sorted({(r["task"], r["method"], r.get("strength") or 0.0) for r in rows}):
+        group = [r for r in rows if (r["task"], r["method"], r.get("strength") or 0.0) == (task, method, strength)]
         images = sorted({r["image"] for r in group})
-        row = {"task": task, "method": method, "metric": METRIC[task], "n_images": len(images), "n_edits": len(group)}
+        row = {"task": task, "method": method, "metric": METRIC[task], "strength": strength or None,
+               "n_images": len(images), "n_edits": len(group)}
         for name in SUMMARY_FIELDS:
             value = (lambda r: float(r["gain"] > 0)) if name == "success" else (lambda r, n=name: r[n])
             per_image = [np.mean([value(r) for r in group if r["image"] == i]) for i in images]
@@ -346,13 +314,25 @@ def summarise(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> list[dict]
     return out
 
 
+def _write_parquet(output: str, name: str, table: list[dict]) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(table), sink)
+    write_atomic(output, f"{ROOT}/{name}.parquet", sink.getvalue().to_pybytes())
+
+
 def write_tables(output: str, rows: list[dict]) -> None:
     """`interventions/metrics.parquet` (one row per edit) and `interventions/summary.parquet` (per task, method)."""
     rows = sorted(rows, key=lambda r: (r["task"], r["method"], r["image"], r["target_index"]))
-    for name, table in (("metrics", rows), ("summary", summarise(rows))):
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(table), sink)
-        write_atomic(output, f"{ROOT}/{name}.parquet", sink.getvalue().to_pybytes())
+    _write_parquet(output, "metrics", rows)
+    _write_parquet(output, "summary", summarise(rows))
+
+
+def write_calibration(output: str, table: list[dict], chosen: dict[str, float]) -> None:
+    """`interventions/calibration.parquet` (per task, method and candidate strength, on training images, with the
+    chosen row flagged) and `interventions/calibration.json` ({"task/method": strength}, read by the animation)."""
+    _write_parquet(output, CALIBRATION, [{**r, "chosen": chosen.get(f"{r['task']}/{r['method']}") == r["strength"]}
+                                         for r in table])
+    write_atomic(output, f"{ROOT}/{CALIBRATION}.json", json.dumps(chosen, indent=1).encode())
 
 
 # ---------------------------------------------------------------- running the stage
@@ -364,6 +344,7 @@ class InterventionResult:
     skipped: int  # units finished earlier (resume)
     failed: dict[str, str]  # unit key -> error
     summary: list[dict]
+    config: InterventionConfig  # the settings used, with the calibration's chosen strengths
 
     @property
     def ok(self) -> bool:
@@ -391,40 +372,61 @@ def run_interventions(
     inputs = gather_inputs(output, cfg)
     prepare_store(output, cfg, inputs, fresh=fresh)
     done = finished_units(output)
-    units = make_units(inputs, cfg)
-    todo = [u for u in units if u.key not in done]
-    print(f"interventions on {output}: {len(inputs.test)} test images x {cfg.targets.count} targets, "
-          f"{len(units)} units ({len(units) - len(todo)} done earlier, {len(todo)} to run)", file=stream, flush=True)
     failed: dict[str, str] = {}
+    counts = {"done": 0, "skipped": 0}
+    worker: list[Worker] = []  # the local worker, made on first use
 
-    def on_done(unit: Unit, rows: list[dict]) -> None:
-        write_record(output, unit, rows)
-        done[unit.key] = rows
+    def execute(units: list[Unit], what: str) -> None:
+        todo = [u for u in units if u.key not in done]
+        counts["skipped"] += len(units) - len(todo)
+        print(f"interventions on {output}: {what}, {len(units)} units ({len(units) - len(todo)} done earlier, "
+              f"{len(todo)} to run)", file=stream, flush=True)
 
-    def on_failed(unit: Unit, error: str) -> None:
-        failed[unit.key] = error
-        print(f"intervention {unit.key} failed: {error}", file=stream, flush=True)
+        def on_done(unit: Unit, rows: list[dict]) -> None:
+            write_record(output, unit, rows)
+            done[unit.key] = rows
+            counts["done"] += 1
 
-    if todo and use_ray:
-        from workflows.ray_interventions import run_pool
+        def on_failed(unit: Unit, error: str) -> None:
+            failed[unit.key] = error
+            print(f"intervention {unit.key} failed: {error}", file=stream, flush=True)
 
-        run_pool(output, cfg, inputs, todo, on_done, on_failed, labeler_specs=labeler_specs, labelers=labelers,
-                 address=address)
-    elif todo:
-        if model is None:
-            from workflows.generate import load
+        if todo and use_ray:
+            from workflows.ray_interventions import run_pool
 
-            model = load(load_run_config(output), device=device)
-        labelers = labelers or load_labelers(output, cfg.tasks, labeler_specs, device=str(model.device))
-        worker = Worker(model, inputs.probes, dict(labelers), inputs.scaler, cfg, inputs.hooks, store_sink(output))
-        for unit in todo:
-            on_done(unit, run_unit(worker, unit))
-    rows = [r for key, unit_rows in done.items() for r in unit_rows]
+            run_pool(output, cfg, inputs, todo, on_done, on_failed, labeler_specs=labeler_specs, labelers=labelers,
+                     address=address)
+        elif todo:
+            if not worker:
+                local = model
+                if local is None:
+                    from workflows.generate import load
+
+                    local = load(load_run_config(output), device=device)
+                found = labelers or load_labelers(output, cfg.tasks, labeler_specs, device=str(local.device))
+                worker.append(Worker(local, inputs.probes, dict(found), inputs.scaler, cfg, inputs.hooks,
+                                     store_sink(output)))
+            for unit in todo:
+                on_done(unit, run_unit(worker[0], unit))
+
+    calibration = calibration_units(inputs, cfg)
+    if calibration:
+        execute(calibration, f"choosing strengths on {len(inputs.train)} training images")
+        if failed:
+            return InterventionResult(counts["done"], counts["skipped"], failed, [], cfg)
+        table = summarise([r for u in calibration for r in done[u.key]])
+        cfg = replace(cfg, chosen=choose_strengths(table))
+        write_calibration(output, table, cfg.chosen)
+        for r in table:
+            mark = "  <- chosen" if cfg.chosen[f"{r['task']}/{r['method']}"] == r["strength"] else ""
+            print(f"calibration {r['task']:8s} {r['method']:11s} x{r['strength']:<4g} gain {r['gain']:+.3f} on "
+                  f"{r['n_images']} training images{mark}", file=stream, flush=True)
+    execute(make_units(inputs, cfg), f"{len(inputs.test)} test images x {cfg.targets.count} targets")
+    rows = [r for key, unit_rows in done.items() if not key.startswith(CALIBRATION + "/") for r in unit_rows]
     write_tables(output, rows)
     summary = summarise(rows) if rows else []
     for s in summary:
-        print(f"{s['task']:8s} {s['method']:11s} {s['metric']} {s['score_before']:.3f} -> {s['score_after']:.3f} "
-              f"(gain {s['gain']:+.3f} [{s['gain_lo']:+.3f}, {s['gain_hi']:+.3f}], {s['n_edits']} edits)",
-              file=stream, flush=True)
-    return InterventionResult(done=len(todo) - len(failed), skipped=len(units) - len(todo), failed=failed,
-                              summary=summary)
+        print(f"{s['task']:8s} {s['method']:11s} x{s['strength'] or 1:<4g} {s['metric']} {s['score_before']:.3f} -> "
+              f"{s['score_after']:.3f} (gain {s['gain']:+.3f} [{s['gain_lo']:+.3f}, {s['gain_hi']:+.3f}], "
+              f"{s['n_edits']} edits)", file=stream, flush=True)
+    return InterventionResult(counts["done"], counts["skipped"], failed, summary, cfg)

@@ -110,11 +110,11 @@ def run_intervene(cfg: RunConfig, use_ray: bool = True, address: str | None = No
         if use_ray:
             from workflows.ray_interventions import animate_on_ray
 
-            animate_on_ray(cfg.output, icfg, address)
+            animate_on_ray(cfg.output, result.config, address)
         else:
             from workflows.animate import animate_run
 
-            animate_run(cfg.output, cfg=icfg)
+            animate_run(cfg.output, cfg=result.config)
     return result.ok
 
 

@@ -1,0 +1,126 @@
+"""What the interventions stage does: `InterventionConfig`, the `interventions:` section of a run config.
+
+Edit strength is either given (`strength`, one number or per task) or chosen on training images (`calibrate`): each
+edit method of a task tries the candidate strengths on the first `calibrate_images` *training* images (targets drawn
+as for test images) and keeps the one with the highest mean gain towards the target; the random control takes the
+strength of the edit whose norm it copies. The test split never takes part in the choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from workflows.edit_generation import METHODS
+from workflows.targets import TargetSpec
+
+TASKS: tuple[str, ...] = ("saliency", "depth")
+
+
+@dataclass
+class InterventionConfig:
+    """What the interventions stage does. Hooks None: the task's paper default (saliency: every up-block
+    self-attention, the paper's 9 layers in SD v1; depth: every self-attention, the paper's 16); "all": every U-Net
+    hook of the run."""
+
+    tasks: tuple[str, ...] = TASKS
+    methods: tuple[str, ...] = METHODS
+    saliency_hooks: list[str] | str | None = None
+    saliency_steps: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    depth_hooks: list[str] | str | None = None
+    depth_steps: list[int] = field(default_factory=lambda: [0, 1, 2])
+    targets: TargetSpec = field(default_factory=TargetSpec)
+    variant: str = "ldm"  # whose probes steer the edits (the main run's, normally)
+    lr: float = 5e-3  # paper edits: Adam learning rate
+    iters: int = 128  # paper edits: Adam iterations
+    random_reference: str = "closed-form"  # the edit whose per-position norm the random control copies
+    strength: float | dict[str, float] = 1.0  # every edit a' - a is scaled by this (the random control copies the
+    # scaled norm); one number for every task, or {task: number} (tasks left out: 1)
+    calibrate: dict[str, list[float]] | None = None  # {task: candidate strengths}: chosen per method on training
+    # images, replacing `strength` for those tasks
+    calibrate_images: int = 8  # the first N training images
+    chosen: dict[str, float] = field(default_factory=dict)  # "task/method" -> strength, set by the calibration
+    closed_form_units: str = "standardised"  # the closed form's minimal edit in the probe's standardised or raw units
+    max_images: int | None = None  # None: every test image; else the first N (quick looks)
+    actors: int | None = None  # Ray: None = one per GPU, or one per `cpus_per_actor` CPUs
+    cpus_per_actor: int = 1
+    gpus_per_actor: float = 1.0
+    max_retries: int = 1
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.tasks if t not in TASKS] + [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"unknown task/method {', '.join(bad)}; tasks: {', '.join(TASKS)}; "
+                             f"methods: {', '.join(METHODS)}")
+        if self.closed_form_units not in ("standardised", "raw"):
+            raise ValueError("closed_form_units must be 'standardised' or 'raw'")
+        if self.random_reference not in ("closed-form", "paper"):
+            raise ValueError("random_reference must be 'closed-form' or 'paper'")
+        if isinstance(self.targets, dict):
+            self.targets = TargetSpec(**self.targets)
+        for name in ("saliency_hooks", "depth_hooks"):
+            if isinstance(getattr(self, name), str) and getattr(self, name) != "all":
+                raise ValueError(f"{name} must be a list of hook names, \"all\" or null; got {getattr(self, name)!r}")
+        strengths = self.strength if isinstance(self.strength, dict) else {t: self.strength for t in TASKS}
+        _check_tasks("strength", strengths)
+        if not all(_positive(v) for v in strengths.values()):
+            raise ValueError(f"strength must be a positive number (or {{task: number}}), got {self.strength!r}")
+        if self.calibrate is not None:
+            if not isinstance(self.calibrate, dict):
+                raise ValueError(f"calibrate must map tasks to candidate strengths, e.g. {{saliency: [4, 8, 16]}}; "
+                                 f"got {self.calibrate!r}")
+            _check_tasks("calibrate", self.calibrate)
+            for task, values in self.calibrate.items():
+                if isinstance(values, (int, float)) or not values or not all(_positive(v) for v in values):
+                    raise ValueError(f"calibrate.{task} must be a non-empty list of positive strengths, "
+                                     f"got {values!r}")
+            both = [t for t in self.calibrate if isinstance(self.strength, dict) and t in self.strength]
+            if both:
+                raise ValueError(f"{', '.join(both)}: give either a strength or calibrate candidates, not both")
+        if not isinstance(self.calibrate_images, int) or self.calibrate_images < 1:
+            raise ValueError(f"calibrate_images must be a positive integer, got {self.calibrate_images!r}")
+
+    def hooks(self, task: str) -> list[str] | str | None:
+        return self.saliency_hooks if task == "saliency" else self.depth_hooks
+
+    def steps(self, task: str) -> list[int]:
+        return list(self.saliency_steps if task == "saliency" else self.depth_steps)
+
+    def calibrated_methods(self, task: str) -> list[str]:
+        """The methods whose strength the calibration chooses for `task`: the edit methods run (random copies its
+        reference's strength, so the reference is calibrated whenever random runs)."""
+        if not self.calibrate or task not in self.calibrate:
+            return []
+        wanted = {self.random_reference if m == "random" else m for m in self.methods}
+        return [m for m in METHODS if m in wanted]
+
+    def strength_of(self, task: str, method: str = "closed-form") -> float:
+        """The strength `method`'s edits of `task` use: the calibrated one when chosen, else `strength`."""
+        reference = self.random_reference if method == "random" else method
+        if f"{task}/{reference}" in self.chosen:
+            return float(self.chosen[f"{task}/{reference}"])
+        return float(self.strength.get(task, 1.0) if isinstance(self.strength, dict) else self.strength)
+
+    def data_fields(self) -> dict:
+        """The fields that decide what an edit produces: a resumed stage must match them."""
+        return {"saliency_hooks": self.saliency_hooks, "saliency_steps": list(self.saliency_steps),
+                "depth_hooks": self.depth_hooks, "depth_steps": list(self.depth_steps),
+                "targets": vars(self.targets).copy(), "variant": self.variant, "lr": self.lr,
+                "iters": self.iters, "random_reference": self.random_reference, "strength": self.strength,
+                "calibrate": self.calibrate, "calibrate_images": self.calibrate_images,
+                "closed_form_units": self.closed_form_units}
+
+
+def _check_tasks(name: str, by_task: dict) -> None:
+    unknown = [t for t in by_task if t not in TASKS]
+    if unknown:
+        raise ValueError(f"{name} for unknown task(s) {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def default_hooks(task: str, unet_hooks: Sequence[str]) -> list[str]:
+    """The paper's layers: saliency on the up-block self-attentions, depth on all of them."""
+    return [h for h in unet_hooks if h.startswith("up_")] if task == "saliency" else list(unet_hooks)
