@@ -8,8 +8,10 @@ Usage:  .venv/bin/python benchmarks/bench_edits.py                          (toy
    saliency labeler, and fits a saliency probe per (hook, step) (`probes.fit.fit_probe`).
 2. Generates `--test` held-out images, labels them, and draws `--targets` translated masks per image
    (`workflows.targets`, the paper's ranges, seed 0).
-3. For each method, renders every (image, target) with edits at the paper's saliency layers and steps (up blocks,
-   steps 0-4), re-labels the results and scores Dice(new mask, target) against Dice(original mask, target).
+3. For each method, renders every (image, target) with edits at the chosen layers and steps (default: the paper's
+   saliency setting, up blocks at steps 0-4), re-labels the results and scores Dice(new mask, target) against
+   Dice(original mask, target). Strengths: each of `--strengths`, or with `--calibrate` each method's own, chosen on
+   the first `--calibrate-images` training scenes (the random control takes the closed form's).
 
 Prints, per method: seconds per edit inside the edit functions (what the methods differ in) and for the whole edited
 generation, mean Dice before/after with the gain's 95% bootstrap interval over images, and the fraction of edits that
@@ -95,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--units", choices=("standardised", "raw"), default="standardised",
                    help="closed-form: minimal edit in the probe's standardised or in raw activation units")
     p.add_argument("--strengths", default="1", help="edit strengths (a' - a scaled), comma-separated: a dose sweep")
+    p.add_argument("--calibrate", default=None,
+                   help="candidate strengths, comma-separated: each method's strength is chosen on the first "
+                        "--calibrate-images training scenes (as the interventions stage's `calibrate`); replaces "
+                        "--strengths")
+    p.add_argument("--calibrate-images", type=int, default=8)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -124,24 +131,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"probes fit in {time.perf_counter() - t0:.1f}s; mean activation norm per position at the edited layers "
           f"{act_norm:.2f}", flush=True)
 
-    # 2. Held-out images, their masks and targets.
-    test_seeds = list(range(HELD_OUT_SEED + args.test_offset, HELD_OUT_SEED + args.test_offset + args.test))
-    prompts = render_batch(test_seeds).captions
-    originals = (labeler(generate_batched(model, prompts, test_seeds, args.batch)[0]) > 0.5).astype(np.float32)
-    moves = draw_translations(test_seeds, TargetSpec(count=args.targets), (H, W))
+    def images_and_targets(seeds: list[int]):
+        prompts = render_batch(seeds).captions
+        masks = (labeler(generate_batched(model, prompts, seeds, args.batch)[0]) > 0.5).astype(np.float32)
+        return prompts, seeds, masks, draw_translations(seeds, TargetSpec(count=args.targets), (H, W))
 
-    # 3. Every method on the same images and targets.
-    results = {}
-    for method, strength in [(m, float(k)) for k in args.strengths.split(",") for m in args.methods.split(",")]:
-        name = method if strength == 1.0 else f"{method} x{strength:g}"
+    def evaluate(method: str, strength: float, images) -> dict:
+        """Edit every (image, target) of `images` with `method` at `strength`; timing, Dice and success."""
+        prompts, seeds, originals, moves = images
         gains, after, before, success, norms, edit_s, total_s = [], [], [], [], [], 0.0, 0.0
-        for i, (prompt, seed) in enumerate(zip(prompts, test_seeds)):
+        for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
             targets = make_targets(originals[i], moves[i], "saliency")
             stats = EditStats(norm=np.zeros(len(targets)))
             start = time.perf_counter()
             images = run_edits(model, probes, method, targets, prompt, seed, "saliency", hooks=hooks,
-                               steps=edit_steps, lr=args.lr, iters=args.iters, strength=strength, units=args.units, stats=stats,
-                               image=i)
+                               steps=edit_steps, lr=args.lr, iters=args.iters, strength=strength, units=args.units,
+                               stats=stats, image=i)
             total_s += time.perf_counter() - start
             edit_s += stats.seconds
             norms.append(stats.norm.mean() / max(stats.calls, 1))
@@ -150,25 +155,50 @@ def main(argv: list[str] | None = None) -> int:
             after.append(s["score_after"].mean())
             before.append(s["score_before"].mean())
             success.append((s["gain"] > 0).mean())
-        n = args.test * args.targets
+        n = len(seeds) * args.targets
         gain = bootstrap_ci(gains)
-        results[name] = {"edits": n, "strength": strength, "edit_seconds_per_edit": edit_s / n, "seconds_per_edit": total_s / n,
-                           "dice_before": float(np.mean(before)), "dice_after": float(np.mean(after)),
-                           "gain": gain.mean, "gain_lo": gain.lo, "gain_hi": gain.hi,
-                           "success": float(np.mean(success)), "edit_norm": float(np.mean(norms)),
-                           "activation_norm": act_norm}
-        r = results[name]
-        print(f"{name:15s} {n} edits: {r['edit_seconds_per_edit'] * 1e3:9.1f} ms/edit in edits, "
+        return {"edits": n, "strength": strength, "edit_seconds_per_edit": edit_s / n,
+                "seconds_per_edit": total_s / n, "dice_before": float(np.mean(before)),
+                "dice_after": float(np.mean(after)), "gain": gain.mean, "gain_lo": gain.lo, "gain_hi": gain.hi,
+                "success": float(np.mean(success)), "edit_norm": float(np.mean(norms)), "activation_norm": act_norm}
+
+    def show(name: str, r: dict) -> None:
+        print(f"{name:15s} {r['edits']} edits: {r['edit_seconds_per_edit'] * 1e3:9.1f} ms/edit in edits, "
               f"{r['seconds_per_edit']:7.3f} s/edit in total; Dice {r['dice_before']:.3f} -> {r['dice_after']:.3f} "
               f"(gain {r['gain']:+.3f} [{r['gain_lo']:+.3f}, {r['gain_hi']:+.3f}]), success {r['success']:.2f}, "
-              f"edit norm {r['edit_norm']:.2f}",
-              flush=True)
+              f"edit norm {r['edit_norm']:.2f}", flush=True)
+
+    methods = args.methods.split(",")
+    runs = [(m, float(k)) for k in args.strengths.split(",") for m in methods]
+    results: dict = {}
+    if args.calibrate:
+        # 2a. Each edit method's strength, chosen on training scenes (the probes' own), never on the test images.
+        calibration = images_and_targets(list(range(args.calibrate_images)))
+        chosen = {}
+        wanted = {"closed-form" if m == "random" else m for m in methods}  # random copies the closed form's norm
+        for method in [m for m in ("closed-form", "paper") if m in wanted]:
+            tried = {k: evaluate(method, k, calibration) for k in (float(v) for v in args.calibrate.split(","))}
+            chosen[method] = max(sorted(tried), key=lambda k: tried[k]["gain"])  # ties: the weaker
+            gains = ", ".join(f"x{k:g} {r['gain']:+.3f}" for k, r in tried.items())
+            print(f"calibration {method}: mean gain on {args.calibrate_images} training scenes {gains} -> "
+                  f"x{chosen[method]:g}", flush=True)
+        results["calibration"] = {m: float(k) for m, k in chosen.items()}
+        runs = [(m, chosen.get(m, chosen["closed-form"])) for m in methods]
+
+    # 2. Held-out images, their masks and targets; 3. every method on the same images and targets.
+    test = images_and_targets(list(range(HELD_OUT_SEED + args.test_offset,
+                                         HELD_OUT_SEED + args.test_offset + args.test)))
+    for method, strength in runs:
+        name = method if strength == 1.0 or args.calibrate else f"{method} x{strength:g}"
+        results[name] = evaluate(method, strength, test)
+        show(f"{name} x{strength:g}" if args.calibrate else name, results[name])
     if "closed-form" in results and "paper" in results:
         cf, pa = results["closed-form"], results["paper"]
         results["speedup_edit"] = pa["edit_seconds_per_edit"] / max(cf["edit_seconds_per_edit"], 1e-12)
         results["speedup_total"] = pa["seconds_per_edit"] / max(cf["seconds_per_edit"], 1e-12)
         print(f"closed-form vs paper: {results['speedup_edit']:.0f}x faster in the edits, "
-              f"{results['speedup_total']:.1f}x per edited image; gain {cf['gain']:+.3f} vs {pa['gain']:+.3f}")
+              f"{results['speedup_total']:.1f}x per edited image; gain {cf['gain']:+.3f} vs {pa['gain']:+.3f}, "
+              f"success {cf['success']:.2f} vs {pa['success']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     return 0

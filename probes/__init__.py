@@ -59,4 +59,5 @@ __all__ = [
     "selectivity",
     "train_paper_probe",
     "upsample_nearest",
+    "validation_split",
 ]

@@ -158,6 +158,7 @@ class StandardisedBlocks:
         self.sd = torch.from_numpy(stats.scale).float().to(device)
         self.cacheable = int(np.prod(acts.shape)) * 4 <= cache_bytes
         self.cache: list[tuple[np.ndarray, torch.Tensor]] | None = None
+        self.memo: dict[Any, Any] = {}  # what probes fit on these blocks compute from x alone (`linear._sums`)
 
     @classmethod
     def with_stats(

@@ -134,27 +134,41 @@ def layer_targets(labels: Any, h: int, w: int) -> np.ndarray:
 def _sums(blocks: StandardisedBlocks, y: np.ndarray, val: np.ndarray, c: int, device: str) -> tuple[dict, dict]:
     """Sufficient statistics of standardised x and y for training (~val) and validation images, in one pass
     (float32 GEMM per block, float64 across blocks). Totals come from the whole block and validation from its rows
-    only, training = totals - validation, so the larger share is never copied."""
-    shapes = (("xx", (c, c)), ("xy", (c,)), ("x", (c,)), ("y", ()), ("yy", ()), ("n", ()))
-    acc = [{k: torch.zeros(s, dtype=torch.float64, device=device) for k, s in shapes} for _ in range(2)]
+    only, training = totals - validation, so the larger share is never copied. The statistics of x alone (x'x, the
+    sum of x, the count), the costly part, are kept on `blocks` per validation split: a second probe on the same
+    activations (a shuffled-label control) only adds those that involve y."""
+    memo = blocks.memo.setdefault(("ridge_x", val.tobytes()), {})
+    need_x = not memo
+    acc = [{"xy": torch.zeros(c, dtype=torch.float64, device=device),
+            "y": torch.zeros((), dtype=torch.float64, device=device),
+            "yy": torch.zeros((), dtype=torch.float64, device=device)} for _ in range(2)]
+    x_acc = [{"xx": torch.zeros(c, c, dtype=torch.float64, device=device),
+              "x": torch.zeros(c, dtype=torch.float64, device=device), "n": 0.0} for _ in range(2)] if need_x else []
 
-    def add(a: dict, x: torch.Tensor, t: torch.Tensor) -> None:
-        a["xx"] += (x.T @ x).double()
+    def add_y(a: dict, x: torch.Tensor, t: torch.Tensor) -> None:
         a["xy"] += (x.T @ t).double()
-        a["x"] += x.sum(0).double()
         a["y"] += t.double().sum()
         a["yy"] += (t.double() ** 2).sum()
-        a["n"] += x.shape[0]
+
+    def add_x(xa: dict, x: torch.Tensor) -> None:
+        xa["xx"] += (x.T @ x).double()
+        xa["x"] += x.sum(0).double()
+        xa["n"] += x.shape[0]
 
     for idx, x in blocks:
         t = torch.from_numpy(y[idx].reshape(-1)).to(device)
-        add(acc[0], x, t)
         in_val = torch.from_numpy(np.repeat(val[idx], x.shape[0] // len(idx))).to(device)
-        if bool(in_val.any()):
-            add(acc[1], x[in_val], t[in_val])
-    tr, va = ({k: v.cpu().numpy() for k, v in a.items()} for a in acc)
-    tr = {k: tr[k] - va[k] for k in tr}
-    return tr, va
+        add_y(acc[0], x, t)
+        add_y(acc[1], x, t * in_val)  # validation rows only, without copying them
+        if need_x:
+            add_x(x_acc[0], x)
+            if bool(in_val.any()):
+                add_x(x_acc[1], x[in_val])
+    if need_x:
+        memo.update(total={k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in x_acc[0].items()},
+                    val={k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in x_acc[1].items()})
+    tot, va = ({**{k: v.cpu().numpy() for k, v in a.items()}, **memo[part]} for a, part in zip(acc, ("total", "val")))
+    return {k: tot[k] - va[k] for k in tot}, va
 
 
 def _ridge_solutions(s: dict, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -345,6 +359,7 @@ def fit_logistic(
 
     Alphas are tried in the given order (strong -> weak) with warm starts; the path stops early once validation loss
     has risen twice in a row. The chosen alpha is refit on all training images, warm-started from its path solution.
+    A single alpha is fit on all training images directly (no validation split, `val_losses` NaN).
 
     Memory: if the float32 activations fit in `cache_bytes` everything stays resident and every pass is pure compute.
     Otherwise the alpha path runs on a resident sample of pixels from *every* training image (as many per image as
@@ -368,8 +383,8 @@ def fit_logistic(
     else:
         path_blocks, pix = sample_pixels(blocks, rows, seed)
         y_path = np.take_along_axis(y.reshape(n, -1), pix, axis=1)
-    val = validation_split(n, val_fraction, seed)
     grid = np.asarray(alphas, np.float64)
+    val = validation_split(n, val_fraction, seed) if len(grid) > 1 else np.zeros(n, bool)  # one alpha: no choice
     theta = torch.zeros(c + 1, dtype=torch.float64, device=device)
     prior = float(np.clip(y[~val].mean(), 1e-4, 1 - 1e-4))
     theta[c] = np.log(prior / (1 - prior))  # start from the base rate: the first Newton steps are then well-behaved
@@ -380,17 +395,18 @@ def fit_logistic(
     # the data Hessian and the data terms at the solution carry over between alphas: only the penalty changes
     hess: torch.Tensor | None = None
     at: _DataTerms | None = None
-    for i, a in enumerate(grid):
+    for i, a in enumerate(grid if len(grid) > 1 else ()):
         theta, hess, at = _newton(path_blocks, path_targets, theta, float(a), max_iter, tol, stride, hess, at)
         losses[i] = at.vloss if at is not None else _newton_pass(path_blocks, path_targets, theta, False, 1).vloss
         thetas.append(theta)
         if i >= 2 and losses[i] > losses[i - 1] > losses[i - 2]:
             break
-    best = int(np.nanargmin(losses))
+    best = int(np.nanargmin(losses)) if len(grid) > 1 else 0
     del path_blocks, path_targets  # free the sample before the final fit
     stride = max(1, n * h * w // HESSIAN_ROWS)
-    theta, _, _ = _newton(blocks, _Targets(y, np.ones(n, bool), device), thetas[best], float(grid[best]),
-                          max_iter, tol, stride, hess)
+    start = thetas[best] if thetas else theta  # a single alpha starts from the base rate
+    theta, _, _ = _newton(blocks, _Targets(y, np.ones(n, bool), device), start, float(grid[best]), max_iter, tol,
+                          stride, hess)
     th = theta.cpu().numpy()
     return LinearProbe(kind=kind, method="logistic", weight=th[:c], bias=float(th[c]), mean=st.mean, scale=st.scale,
                        alpha=float(grid[best]), alpha_grid=grid, val_losses=losses)

@@ -144,3 +144,23 @@ def test_fit_probe_seed_is_reproducible():
                                   fit_probe(a, depth, "depth", seed=4).weight)
     with pytest.raises(ValueError):
         fit_probe(a, depth, "normals")
+
+
+def test_ridge_on_shared_blocks_reuses_x_statistics_and_gives_the_same_probes():
+    """A second ridge fit on the same StandardisedBlocks (another target, as a shuffled-label control) reuses x'x from
+    the first and matches a fit on fresh blocks; the single-alpha logistic fit needs no validation split."""
+    from probes.chunks import StandardisedBlocks
+
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(12, 4, 4, 6)).astype(np.float32)
+    y1, y2 = rng.normal(size=(12, 4, 4)), rng.normal(size=(12, 4, 4))
+    shared = StandardisedBlocks.with_stats(acts)
+    first = fit_ridge(acts, y1, blocks=shared)
+    assert len(shared.memo) == 1
+    second = fit_ridge(acts, y2, blocks=shared)
+    assert len(shared.memo) == 1  # the same validation split: x statistics reused
+    fresh = fit_ridge(acts, y2)
+    np.testing.assert_allclose(second.weight, fresh.weight, rtol=1e-10)
+    assert second.alpha == fresh.alpha and not np.allclose(first.weight, second.weight)
+    probe = fit_logistic(acts, (y1 > 0).astype(np.float32), alphas=(1e-3,))
+    assert probe.alpha == 1e-3 and np.isnan(probe.val_losses).all()

@@ -185,3 +185,38 @@ def test_bootstrap_many_matches_one_metric_at_a_time():
     b = values["b"][:28]  # the plain percentile bootstrap, resampling with this seed's draws
     means = b[np.random.default_rng(4).integers(0, 28, size=(500, 28))].mean(1)
     assert np.allclose([together["b"].lo, together["b"].hi], np.percentile(means, [2.5, 97.5]))
+
+
+def test_block_sums_equal_the_image_resolution_metrics():
+    """upsampled_saliency_metrics / upsampled_depth_metrics against the metrics of nearest-upsampled arrays."""
+    from scipy.stats import rankdata
+
+    from probes.metrics import block_truth, upsampled_depth_metrics, upsampled_saliency_metrics
+    from probes.resample import downsample_area, upsample_nearest
+
+    rng = np.random.default_rng(0)
+    n, h, w, H, W = 5, 4, 2, 16, 8
+    masks = (rng.random((n, H, W)) < 0.3).astype(np.float32)
+    masks[1] = 0  # an empty mask ...
+    prob = rng.random((n, h, w))
+    prob[1] = 0  # ... predicted empty: Dice 1
+    prob[2] = 1  # everything foreground: background Dice 0
+    want = dice_iou(upsample_nearest(prob, H, W) > 0.5, masks > 0.5)
+    got = upsampled_saliency_metrics(prob, block_truth(masks, h, w))
+    for k in ("dice_fg", "dice_bg", "iou"):
+        np.testing.assert_allclose(got[k], want[k], atol=1e-12)
+    assert got["dice_fg"][1] == 1.0
+    depth, mean_map = rng.normal(size=(n, H, W)), rng.normal(size=(H, W))
+    depth[3] = 2.0  # constant depth: correlations undefined
+    m_layer = downsample_area(mean_map[None], h, w)[0]
+    pred, deviation = rng.normal(size=(n, h, w)), rng.normal(size=(n, h, w))
+    pred[4] = 0.5  # a constant prediction
+    positioned = upsample_nearest(m_layer + deviation, H, W) + (mean_map - upsample_nearest(m_layer[None], H, W)[0])
+    want = depth_metrics(upsample_nearest(pred, H, W), depth, mean_map, positioned)
+    got = upsampled_depth_metrics(pred, block_truth(depth, h, w, mean_map), deviation,
+                                  rankdata(pred.reshape(n, -1), axis=1))
+    for k in ("rmse", "pearson", "spearman", "r2_beyond_position", "constant_truth"):
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-9, err_msg=k)  # downsample_area: float32
+    assert np.isnan(got["pearson"][3]) and np.isnan(got["spearman"][4]) and got["constant_truth"][3]
+    with pytest.raises(ValueError, match="not a multiple"):
+        block_truth(masks, 3, 2)

@@ -127,3 +127,39 @@ def test_ray_grid_matches_local(run, tmp_path):
     assert local.keys() == remote.keys()
     for key in local:
         assert local[key] == pytest.approx(remote[key], nan_ok=True, abs=1e-9)
+
+
+def test_block_sum_scores_equal_the_full_scorers_and_controls_share_x_statistics(run):
+    from probes.metrics import score_depth, score_saliency
+    from workflows.grid import GroupActs, fit_and_score, read_activations, score_prediction
+
+    data = prepare_grid_data(run, n_boot=50)
+    every = read_activations(run, ProbeGroup("ldm", "good", 1), np.concatenate([data.train, data.test]))
+    acts = GroupActs(every[: len(data.train)], every[len(data.train):], data)
+    rng = np.random.default_rng(0)
+    h, w = every.shape[1:3]
+    for split, n in ((1, len(data.test)), (0, len(data.train))):
+        prob, depth = rng.random((n, h, w)), rng.normal(size=(n, h, w))
+        positioned = data.mean_map_at("depth", h, w) + rng.normal(size=(n, h, w))
+        kw = {"n_boot": 50, "seed": data.seed} if split else {"n_boot": 1, "resolutions": ("image",)}
+        want = [score_saliency(prob, data.labels["saliency"][split], **kw),
+                score_depth(depth, data.labels["depth"][split], data.mean_maps["depth"], positioned=positioned,
+                            ranks=bool(split), **kw)]
+        got = [score_prediction("saliency", prob, data, split=split),
+               score_prediction("depth", depth, data, positioned, split=split)]
+        for g, wnt in zip(got, want):
+            assert g.estimates.keys() == wnt.estimates.keys() and g.flags == wnt.flags
+            for key, est in wnt.estimates.items():
+                for field in ("mean", "lo", "hi"):
+                    assert getattr(g.estimates[key], field) == pytest.approx(getattr(est, field), rel=1e-5, abs=1e-9,
+                                                                             nan_ok=True), (split, key, field)
+    assert {k[0] for k in data._memo} >= {"blocks"}  # the block-sum path was taken
+    bad = rng.random((len(data.test), h, w))
+    bad[2, 0, 0] = np.nan  # non-finite predictions still take the full scorer, which names the image
+    with pytest.raises(Exception, match=r"images \[2\]"):
+        score_prediction("saliency", bad, data)
+    # the shuffled-label control shares the group's standardised blocks, and with them x's ridge statistics
+    fit_and_score(acts, "depth", data)
+    memo = dict(acts.fit_kwargs()["blocks"].memo)
+    control, _ = fit_and_score(acts, "depth", data, shuffled=True)
+    assert control["error"] is None and acts.fit_kwargs()["blocks"].memo.keys() == memo.keys()

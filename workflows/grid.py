@@ -20,6 +20,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from scipy.stats import rankdata
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
@@ -28,7 +29,10 @@ from probes.baselines import fit_control_probe, position_map, position_predictio
 from probes.chunks import NonFiniteError, StandardisedBlocks
 from probes.fit import fit_probe
 from probes.linear import LinearProbe
-from probes.metrics import DepthScaler, Scores, depth_truth_ranks, score_depth, score_saliency
+from probes.metrics import (
+    BlockTruth, DepthScaler, Scores, block_truth, bootstrap_many, depth_metrics, depth_truth_ranks, dice_iou,
+    score_depth, score_saliency, upsampled_depth_metrics, upsampled_saliency_metrics,
+)
 from probes.resample import downsample_area
 from workflows.labels import labelled_shards, read_labels
 from workflows.store import (
@@ -87,12 +91,25 @@ class GridData:
         """Test depth's ranks for Spearman at a layer shape (`metrics.depth_truth_ranks`), computed once per shape."""
         return self._once(("ranks", h, w), lambda: depth_truth_ranks(self.labels["depth"][1], h, w))
 
+    def area_labels(self, target: str, h: int, w: int, split: int = 0) -> np.ndarray:
+        """Training (split 0) or test (1) labels area-averaged to a layer's (h, w), once per shape."""
+        return self._once(("area", target, split, h, w), lambda: downsample_area(self.labels[target][split], h, w))
+
+    def block_truth(self, target: str, h: int, w: int, split: int) -> BlockTruth:
+        """The labels' block sums for image-resolution scores of (h, w) predictions (`metrics.block_truth`)."""
+        mean_map = self.mean_maps["depth"] if target == "depth" else None
+        return self._once(("blocks", target, split, h, w),
+                          lambda: block_truth(self.labels[target][split], h, w, mean_map))
+
+    def mean_map_at(self, target: str, h: int, w: int) -> np.ndarray:
+        """The training mean label map area-averaged to (h, w)."""
+        return self._once(("map", target, h, w), lambda: downsample_area(self.mean_maps[target][None], h, w)[0])
+
     def fit_labels(self, target: str, h: int, w: int) -> np.ndarray:
-        """Training labels as a probe fit takes them: area-averaged to the layer's (h, w) once per shape for our
-        probes (which fit at layer resolution); at image resolution for the paper's trainer, which upsamples."""
-        if self.mode != "ours":
-            return self.labels[target][0]
-        return self._once(("fit", target, h, w), lambda: downsample_area(self.labels[target][0], h, w))
+        """Training labels as a probe fit takes them: at the layer's (h, w) for our probes (which fit at layer
+        resolution); at image resolution for the paper's trainer, which upsamples."""
+        return self.area_labels(target, h, w) if self.mode == "ours" else self.labels[target][0]
+
 
 
 class GroupActs:
@@ -173,20 +190,46 @@ def _metric_columns(scores: Scores) -> dict[str, float]:
 
 
 TRAIN_SCORE = {"saliency": "image/dice_fg", "depth": "image/r2_beyond_position"}  # the metric `train_score` holds
+METRIC_KEYS = {"saliency": ("dice_fg", "dice_bg", "iou"),
+               "depth": ("rmse", "pearson", "spearman", "r2_beyond_position")}
 
 
 def score_prediction(target: str, pred: np.ndarray, data: GridData, positioned: np.ndarray | None = None,
                      split: int = 1) -> Scores:
     """Score predictions `(image, h, w)` for `target` (probability for saliency, standardised depth) on the test
     (`split=1`) or training (`split=0`: image resolution, no bootstrap, no Spearman: only `TRAIN_SCORE` is kept)
-    images; `positioned`: the depth probe's with the mean map as an extra channel, for R2 beyond position."""
+    images; `positioned`: the depth probe's with the mean map as an extra channel, for R2 beyond position.
+
+    When the image size is a multiple of the layer's and the predictions are finite, image-resolution metrics come
+    from the labels' block sums (`metrics.upsampled_*_metrics`, equal to scoring the upsampled arrays); otherwise
+    `metrics.score_saliency` / `score_depth` upsample, and flag or raise on non-finite predictions."""
     truth = data.labels[target][split]
-    kw = {"n_boot": data.n_boot, "seed": data.seed} if split else {"n_boot": 1, "resolutions": ("image",)}
+    h, w = pred.shape[1:]
+    finite = np.isfinite(pred).all() and (positioned is None or np.isfinite(positioned).all())
+    if truth.shape[1] % h or truth.shape[2] % w or not finite:
+        kw = {"n_boot": data.n_boot, "seed": data.seed} if split else {"n_boot": 1, "resolutions": ("image",)}
+        if target == "saliency":
+            return score_saliency(pred, truth, **kw)
+        ranks = data.depth_ranks(h, w) if split else None
+        return score_depth(pred, truth, data.mean_maps["depth"], positioned=positioned, ranks=bool(split),
+                           truth_ranks=ranks, **kw)
+    blocks = data.block_truth(target, h, w, split)
+    layer_truth = data.area_labels(target, h, w, split)
     if target == "saliency":
-        return score_saliency(pred, truth, **kw)
-    ranks = data.depth_ranks(*pred.shape[1:]) if split else None
-    return score_depth(pred, truth, data.mean_maps["depth"], positioned=positioned, ranks=bool(split),
-                       truth_ranks=ranks, **kw)
+        image = upsampled_saliency_metrics(pred, blocks)
+        layer = dice_iou(pred > 0.5, layer_truth > 0.5) if split else {}
+        flags = {"n_nonfinite": 0, "n_empty_mask": int((blocks.totals["t"] == 0).sum())}
+    else:
+        m_layer = data.mean_map_at("depth", h, w)
+        p_ranks = rankdata(pred.reshape(len(pred), -1), axis=1) if split else None
+        image = upsampled_depth_metrics(pred, blocks, None if positioned is None else positioned - m_layer, p_ranks)
+        layer = depth_metrics(pred, layer_truth, m_layer, positioned,
+                              (p_ranks, data.depth_ranks(h, w)["layer"])) if split else {}
+        flags = {"n_nonfinite": 0, "n_constant_depth": int(image["constant_truth"].sum())}
+    per = {f"{res}/{k}": v for res, metrics in (("image", image), ("layer", layer))
+           for k, v in metrics.items() if k in METRIC_KEYS[target]}
+    n_boot = data.n_boot if split else 1
+    return Scores(estimates=bootstrap_many(per, n_boot=n_boot, seed=data.seed), per_image=per, flags=flags)
 
 
 def fit_and_score(acts: GroupActs, target: str, data: GridData,
@@ -215,7 +258,7 @@ def fit_and_score(acts: GroupActs, target: str, data: GridData,
         positioned = [None, None]  # (train, test) predictions of the depth probe that also sees the mean map
         if target == "depth":
             m = data.mean_maps["depth"]
-            m_layer = downsample_area(m[None], h, w)[0]
+            m_layer = data.mean_map_at("depth", h, w)
             aug_train, aug_test = acts.positioned()
             # the map is the starting point: only the deviation is penalised (labels at layer or image resolution)
             pos_probe = fit(aug_train, labels - (m_layer if labels.shape[1:] == (h, w) else m), positioned=True)

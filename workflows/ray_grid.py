@@ -36,16 +36,29 @@ def label_with_ray(output: str, target: str, spec: dict, shards: list[int], shar
         yield ray.get(ready[0])
 
 
+_WORKER_DATA: dict[str, GridData] = {}  # in each worker process: the grid's data by object id, memo included
+
+
+def _worker_data(ref: ray.ObjectRef) -> GridData:
+    """The grid's data, deserialised once per worker process rather than once per task, so what `GridData` memoises
+    (labels at each layer shape, depth ranks, block sums: tens of ms per shape) is built once per worker."""
+    key = ref.hex()
+    if key not in _WORKER_DATA:
+        _WORKER_DATA.clear()  # a new grid: drop the last one's
+        _WORKER_DATA[key] = ray.get(ref)
+    return _WORKER_DATA[key]
+
+
 @ray.remote
-def _fit_group_task(output: str, group: ProbeGroup, data: GridData) -> tuple[ProbeGroup, list[dict]]:
-    return group, fit_group(output, group, data)
+def _fit_group_task(output: str, group: ProbeGroup, data: list[ray.ObjectRef]) -> tuple[ProbeGroup, list[dict]]:
+    return group, fit_group(output, group, _worker_data(data[0]))  # a ref in a list: Ray does not resolve it
 
 
 def fit_groups_with_ray(output: str, data: GridData, num_cpus: float = 1, max_in_flight: int = 256):
     """A `fit_many` for `workflows.grid.run_grid`: one Ray task per group, labels shared through the object store."""
 
     def fit_many(groups: list[ProbeGroup]) -> Iterator[tuple[ProbeGroup, list[dict]]]:
-        data_ref = ray.put(data)
+        data_ref = [ray.put(data)]
         task = _fit_group_task.options(num_cpus=num_cpus)
         queue, pending = list(groups), []
         while queue or pending:
