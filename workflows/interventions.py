@@ -32,8 +32,8 @@ from probes.linear import LinearProbe
 from probes.metrics import DepthScaler, bootstrap_ci
 from workflows.edit_generation import METRIC, EditStats, ProbeTable, run_edit, run_edits, score, standardise
 from workflows.grid import load_probe, prepare_grid_data, read_metrics
-from workflows.labels import load_labeler
 from workflows.intervention_config import TASKS, InterventionConfig, default_hooks
+from workflows.labels import load_labeler
 from workflows.store import load_layout, load_plan, load_run_config, open_store, read_file, write_atomic
 from workflows.targets import draw_translations, make_targets
 

@@ -260,16 +260,20 @@ def interventions(page: Page, cfg: dict | None, examples: int) -> tuple[list[dic
     page.parts.append("<p>Mean over test images (each image's targets averaged first) with 95% bootstrap intervals. "
                       "Saliency: Dice with the target mask, before (the unedited image) and after the edit; depth: "
                       "RMSE to the shifted depth map. Gain is the improvement towards the target.</p>")
-    page.parts.append(html_table(summary or [], ["task", "method", "metric", "strength", "n_images", "n_edits",
-                                                 "score_before", "score_after", "gain", "gain_lo", "gain_hi",
-                                                 "success", "edit_norm", "edit_seconds"]))
+
+    def strengths(table: list[dict]) -> list[dict]:  # "x8" rather than "8.000"
+        return [{**r, "strength": f"x{r['strength']:g}" if r.get("strength") else None} for r in table]
+
+    page.parts.append(html_table(strengths(summary or []), [
+        "task", "method", "metric", "strength", "n_images", "n_edits", "score_before", "score_after", "gain", "gain_lo",
+        "gain_hi", "success", "edit_norm", "edit_seconds"]))
     calibration = read_table(page.output, "interventions/calibration.parquet")
     if calibration:
         page.parts.append("<p>Strengths chosen on training images (never the test images): each candidate's mean "
                           "gain on the first training images; the chosen one is used above (random edits take the "
                           "strength of the edit whose norm they copy).</p>")
-        page.parts.append(html_table(calibration, ["task", "method", "strength", "n_images", "gain", "gain_lo",
-                                                   "gain_hi", "success", "edit_norm", "chosen"]))
+        page.parts.append(html_table(strengths(calibration), ["task", "method", "strength", "n_images", "gain",
+                                                              "gain_lo", "gain_hi", "success", "edit_norm", "chosen"]))
     store = open_store(page.output)
     tasks = [t for t in PRIMARY if any(r["task"] == t for r in rows)]
     data = _grid_data(page.output, tuple(tasks))
