@@ -20,9 +20,9 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy.stats import rankdata
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
+from scipy.stats import rankdata
 
 from ldm.errors import UserError
 from probes.baselines import fit_control_probe, position_map, position_prediction, with_position
@@ -109,7 +109,6 @@ class GridData:
         """Training labels as a probe fit takes them: at the layer's (h, w) for our probes (which fit at layer
         resolution); at image resolution for the paper's trainer, which upsamples."""
         return self.area_labels(target, h, w) if self.mode == "ours" else self.labels[target][0]
-
 
 
 class GroupActs:
