@@ -60,8 +60,9 @@ def cmd_toy_train(args: argparse.Namespace) -> int:
 
     if not (args.skip_labelers or args.resume):
         train_labelers.main(["--threads", str(args.threads)])
-    train_ldm.main(["--out", args.out, "--state-dir", args.state_dir, "--unet-steps", str(args.unet_steps),
-                    "--max-minutes", str(args.max_minutes), "--threads", str(args.threads)]
+    train_ldm.main(["--out", args.out, "--state-dir", args.state_dir, "--vae-steps", str(args.vae_steps),
+                    "--unet-steps", str(args.unet_steps), "--max-minutes", str(args.max_minutes),
+                    "--threads", str(args.threads)]
                    + (["--resume"] if args.resume else []))
     if args.decoder_steps > 0:
         finetune_decoder.main(["--model", args.out, "--steps", str(args.decoder_steps), "--threads", str(args.threads)])
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = toy.add_parser("train", help="retrain the toy labelers and the toy LDM from scratch (hours on 2 cores)")
     train.add_argument("--out", default="ldm/toy/checkpoint", help="where the LDM pipeline folder goes")
     train.add_argument("--state-dir", default="runs/toy-ldm-state", help="resumable training state")
+    train.add_argument("--vae-steps", type=int, default=1200,
+                       help="stage-1 VAE steps (the shipped checkpoint: 1200; 4000 keeps more colour, docs/toy-ldm.md)")
     train.add_argument("--unet-steps", type=int, default=20000)
     train.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock cap (0 = none); resume later")
     train.add_argument("--threads", type=int, default=1)
