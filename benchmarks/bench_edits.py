@@ -1,7 +1,7 @@
 """Closed-form against paper-mode (Adam) edits on the same images and targets: time per edit and success.
 
 Usage:  .venv/bin/python benchmarks/bench_edits.py                          (toy model and toy labelers)
-        .venv/bin/python benchmarks/bench_edits.py --model PATH --labeler simple --steps 4 --train 16 --test 3
+        .venv/bin/python benchmarks/bench_edits.py --model PATH --labeler simple --steps 6 --train 16 --test 3
                                                                              (any diffusers folder, e.g. a tiny one)
 
 1. Generates `--train` toy-world prompts with activation capture at the edited (hook, step) pairs, labels them with the
@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ from ldm.toy.render import HELD_OUT_SEED, render_batch  # noqa: E402
 from probes.fit import fit_probe  # noqa: E402
 from probes.metrics import bootstrap_ci  # noqa: E402
 from workflows.edit_generation import EditStats, run_edits, score  # noqa: E402
-from workflows.interventions import default_hooks  # noqa: E402
+from workflows.interventions import InterventionConfig, choose_strengths, default_hooks  # noqa: E402
 from workflows.targets import TargetSpec, draw_translations, make_targets  # noqa: E402
 
 
@@ -174,16 +175,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrate:
         # 2a. Each edit method's strength, chosen on training scenes (the probes' own), never on the test images.
         calibration = images_and_targets(list(range(args.calibrate_images)))
-        chosen = {}
-        wanted = {"closed-form" if m == "random" else m for m in methods}  # random copies the closed form's norm
-        for method in [m for m in ("closed-form", "paper") if m in wanted]:
-            tried = {k: evaluate(method, k, calibration) for k in (float(v) for v in args.calibrate.split(","))}
-            chosen[method] = max(sorted(tried), key=lambda k: tried[k]["gain"])  # ties: the weaker
+        # the stage's rules: which methods are calibrated (random takes its reference's), and the best mean gain wins
+        cfg = InterventionConfig(tasks=("saliency",), methods=tuple(methods),
+                                 calibrate={"saliency": [float(v) for v in args.calibrate.split(",")]})
+        table = []
+        for method in cfg.calibrated_methods("saliency"):
+            tried = {k: evaluate(method, k, calibration) for k in cfg.calibrate["saliency"]}
+            table += [{"task": "saliency", "method": method, "strength": k, "gain": r["gain"]}
+                      for k, r in tried.items()]
             gains = ", ".join(f"x{k:g} {r['gain']:+.3f}" for k, r in tried.items())
-            print(f"calibration {method}: mean gain on {args.calibrate_images} training scenes {gains} -> "
-                  f"x{chosen[method]:g}", flush=True)
-        results["calibration"] = {m: float(k) for m, k in chosen.items()}
-        runs = [(m, chosen.get(m, chosen["closed-form"])) for m in methods]
+            print(f"calibration {method}: mean gain on {args.calibrate_images} training scenes {gains}", flush=True)
+        cfg = replace(cfg, chosen=choose_strengths(table))
+        print(f"chosen: {', '.join(f'{m} x{k:g}' for m, k in cfg.chosen.items())}", flush=True)
+        results["calibration"] = cfg.chosen
+        runs = [(m, cfg.strength_of("saliency", m)) for m in methods]
 
     # 2. Held-out images, their masks and targets; 3. every method on the same images and targets.
     test = images_and_targets(list(range(HELD_OUT_SEED + args.test_offset,

@@ -143,7 +143,8 @@ def _sums(blocks: StandardisedBlocks, y: np.ndarray, val: np.ndarray, c: int, de
             "y": torch.zeros((), dtype=torch.float64, device=device),
             "yy": torch.zeros((), dtype=torch.float64, device=device)} for _ in range(2)]
     x_acc = [{"xx": torch.zeros(c, c, dtype=torch.float64, device=device),
-              "x": torch.zeros(c, dtype=torch.float64, device=device), "n": 0.0} for _ in range(2)] if need_x else []
+              "x": torch.zeros(c, dtype=torch.float64, device=device),
+              "n": torch.zeros((), dtype=torch.float64, device=device)} for _ in range(2)] if need_x else []
 
     def add_y(a: dict, x: torch.Tensor, t: torch.Tensor) -> None:
         a["xy"] += (x.T @ t).double()
@@ -165,8 +166,7 @@ def _sums(blocks: StandardisedBlocks, y: np.ndarray, val: np.ndarray, c: int, de
             if bool(in_val.any()):
                 add_x(x_acc[1], x[in_val])
     if need_x:
-        memo.update(total={k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in x_acc[0].items()},
-                    val={k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in x_acc[1].items()})
+        memo.update(zip(("total", "val"), ({k: v.cpu().numpy() for k, v in a.items()} for a in x_acc)))
     tot, va = ({**{k: v.cpu().numpy() for k, v in a.items()}, **memo[part]} for a, part in zip(acc, ("total", "val")))
     return {k: tot[k] - va[k] for k in tot}, va
 

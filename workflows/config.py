@@ -253,13 +253,14 @@ def intervention_config(cfg: RunConfig):
     """The `interventions` section as a validated `InterventionConfig`; a bad key or value names it."""
     from workflows.interventions import InterventionConfig
 
-    valid = [f.name for f in dataclasses.fields(InterventionConfig) if f.name != "chosen"]  # chosen: by calibration
+    valid = ", ".join(f.name for f in dataclasses.fields(InterventionConfig) if f.name != "chosen")
+    if "chosen" in cfg.interventions:
+        raise ConfigError("interventions: 'chosen' is set by the calibration (interventions.calibrate), not in a "
+                          f"config; valid keys in interventions: {valid}")
     try:
-        if "chosen" in cfg.interventions:
-            raise TypeError("'chosen' is set by the calibration (interventions.calibrate), not in a config")
         return InterventionConfig(**cfg.interventions)
     except TypeError as err:
-        raise ConfigError(f"interventions: {err}; valid keys in interventions: {', '.join(valid)}") from None
+        raise ConfigError(f"interventions: {err}; valid keys in interventions: {valid}") from None
     except ValueError as err:
         raise ConfigError(f"interventions: {err}") from None
 
