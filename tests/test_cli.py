@@ -27,17 +27,3 @@ def test_debug_flag_shows_the_exception(tmp_path):
 
     with pytest.raises(UserError):
         main(["--debug", "hooks", str(tmp_path / "missing")])
-
-
-def test_toy_train_passes_its_step_counts_to_the_stages(monkeypatch, tmp_path):
-    """`sceneprobe toy train` runs the labelers, the LDM and the decoder stages with its flags (stages stubbed: each
-    is hours of CPU)."""
-    from ldm.toy import finetune_decoder, train_labelers, train_ldm
-
-    calls = {}
-    for module in (train_labelers, train_ldm, finetune_decoder):
-        monkeypatch.setattr(module, "main", lambda argv, name=module.__name__: calls.setdefault(name, argv))
-    assert main(["toy", "train", "--out", str(tmp_path), "--vae-steps", "4000", "--unet-steps", "10"]) == 0
-    ldm = calls["ldm.toy.train_ldm"]
-    assert ldm[ldm.index("--vae-steps") + 1] == "4000" and ldm[ldm.index("--unet-steps") + 1] == "10"
-    assert "ldm.toy.train_labelers" in calls and calls["ldm.toy.finetune_decoder"][1] == str(tmp_path)

@@ -30,6 +30,7 @@ from ldm.toy.train_ldm import (
     TrainConfig,
     diffusion_loss,
     encode_means,
+    load_initial_weights,
     normalise_latent_channels,
     pixel_weights,
     tokenize,
@@ -185,6 +186,21 @@ def test_tiny_training_steps_reduce_losses(tmp_path):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0]
+
+
+def test_init_from_loads_a_saved_pipelines_weights(tmp_path):
+    """`--init-from` (fine-tuning a shipped checkpoint) starts from exactly the saved weights, or names what is missing."""
+    saved = build_toy_ldm(WORDS, tmp_path / "tok", tiny_config(), seed=1)
+    save_pipeline(saved, tmp_path / "pipe")
+    fresh = build_toy_ldm(WORDS, tmp_path / "tok2", tiny_config(), seed=2)
+    assert not torch.equal(fresh.unet.conv_in.weight, saved.unet.conv_in.weight)
+    load_initial_weights(fresh, tmp_path / "pipe")
+    for name in ("vae", "unet", "text_encoder"):
+        a, b = getattr(saved, name).state_dict(), getattr(fresh, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="unet/diffusion_pytorch_model.safetensors is missing"):
+        load_initial_weights(fresh, tmp_path / "pipe")
 
 
 def generate(folder: Path) -> np.ndarray:

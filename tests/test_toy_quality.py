@@ -8,6 +8,7 @@ import pytest
 from ldm.toy.captions import COLOURS
 from ldm.toy.quality import (
     caption_objects, colour_features, contact_sheet, fit_colour_classifier, measure_quality, predict_colour,
+    round_trip_sheet,
 )
 from ldm.toy.render import render_batch
 
@@ -69,6 +70,15 @@ def test_contact_sheet_layout():
     assert (sheet[8 : 8 + 128, 8 : 8 + 128] == images[0].repeat(2, 0).repeat(2, 1)).all()
 
 
+def test_round_trip_sheet_puts_renders_above_their_round_trips():
+    rng = np.random.default_rng(0)
+    renders, decoded = rng.integers(0, 256, (2, 3, 16, 16, 3), dtype=np.uint8)
+    sheet = round_trip_sheet(renders, decoded, zoom=2)
+    assert sheet.shape == (64, 96, 3)
+    assert (sheet[:32, 32:64] == renders[1].repeat(2, 0).repeat(2, 1)).all()
+    assert (sheet[32:, 64:] == decoded[2].repeat(2, 0).repeat(2, 1)).all()
+
+
 def test_toy_train_command_routes_arguments(monkeypatch):
     from ldm.toy import finetune_decoder, train_labelers, train_ldm
     from workflows.cli import main
@@ -77,12 +87,17 @@ def test_toy_train_command_routes_arguments(monkeypatch):
     monkeypatch.setattr(train_labelers, "main", lambda argv: calls.append(("labelers", argv)))
     monkeypatch.setattr(train_ldm, "main", lambda argv: calls.append(("ldm", argv)))
     monkeypatch.setattr(finetune_decoder, "main", lambda argv: calls.append(("decoder", argv)))
-    assert main(["toy", "train", "--out", "/tmp/x", "--unet-steps", "7", "--max-minutes", "2"]) == 0
+    assert main(["toy", "train", "--out", "/tmp/x", "--vae-steps", "4000", "--unet-steps", "7", "--max-minutes", "2"]) == 0
     assert [c[0] for c in calls] == ["labelers", "ldm", "decoder"]
     assert calls[2][1][:2] == ["--model", "/tmp/x"]
     argv = calls[1][1]
     assert argv[argv.index("--out") + 1] == "/tmp/x" and argv[argv.index("--unet-steps") + 1] == "7"
-    assert "--resume" not in argv
+    assert argv[argv.index("--vae-steps") + 1] == "4000"
+    assert "--resume" not in argv and "--init-from" not in argv
+    calls.clear()
+    assert main(["toy", "train", "--skip-labelers", "--init-from", "ldm/toy/checkpoint", "--decoder-steps", "0"]) == 0
+    assert [c[0] for c in calls] == ["ldm"]
+    assert calls[0][1][calls[0][1].index("--init-from") + 1] == "ldm/toy/checkpoint"
     calls.clear()
     assert main(["toy", "train", "--resume", "--decoder-steps", "0"]) == 0
     assert [c[0] for c in calls] == ["ldm"] and "--resume" in calls[0][1]

@@ -63,7 +63,7 @@ def cmd_toy_train(args: argparse.Namespace) -> int:
     train_ldm.main(["--out", args.out, "--state-dir", args.state_dir, "--vae-steps", str(args.vae_steps),
                     "--unet-steps", str(args.unet_steps), "--max-minutes", str(args.max_minutes),
                     "--threads", str(args.threads)]
-                   + (["--resume"] if args.resume else []))
+                   + (["--resume"] if args.resume else []) + (["--init-from", args.init_from] if args.init_from else []))
     if args.decoder_steps > 0:
         finetune_decoder.main(["--model", args.out, "--steps", str(args.decoder_steps), "--threads", str(args.threads)])
     return 0
@@ -73,7 +73,8 @@ def cmd_toy_quality(args: argparse.Namespace) -> int:
     """Measure the toy LDM on held-out captions (object found, colour match) and write the contact sheet."""
     from ldm.toy import quality
 
-    quality.main(["--model", args.model, "--n", str(args.n), "--sheet", args.sheet, "--json", args.json])
+    quality.main(["--model", args.model, "--n", str(args.n), "--sheet", args.sheet, "--json", args.json,
+                  "--vae-sheet", args.vae_sheet])
     return 0
 
 
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=1)
     train.add_argument("--resume", action="store_true", help="continue the LDM from --state-dir (labelers kept)")
     train.add_argument("--skip-labelers", action="store_true", help="keep the shipped labelers")
+    train.add_argument("--init-from", default="",
+                       help="start the LDM from this toy pipeline's weights (fine-tune) instead of random ones")
     train.add_argument("--decoder-steps", type=int, default=1500,
                        help="then fine-tune the VAE decoder alone this many steps (0 = skip)")
     train.set_defaults(func=cmd_toy_train)
@@ -136,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--n", type=int, default=256)
     quality.add_argument("--sheet", default="", help="contact sheet PNG path (64 samples with their labels)")
     quality.add_argument("--json", default="", help="write the numbers here")
+    quality.add_argument("--vae-sheet", default="", help="PNG of 8 held-out renders above their VAE round trips")
     quality.set_defaults(func=cmd_toy_quality)
 
     # run / generate / status: workflows.run (the same entry point as `python -m workflows.run` for `ray job submit`)

@@ -199,7 +199,14 @@ def run_quality(model: str = "toy", n: int = 256, sheet_n: int = 64, batch: int 
     k = min(sheet_n, n)
     return {"generated": asdict(generated), "renders": asdict(ceiling), "vae_round_trip": asdict(vae), "model": model, "seeds": [seeds[0], seeds[-1]],
             "sampler": {"scheduler": "lms", "steps": steps, "guidance_scale": guidance_scale},
-            "sheet": (images[:k], depth(images[:k]), salient(images[:k]), captions[:k])}
+            "sheet": (images[:k], depth(images[:k]), salient(images[:k]), captions[:k]),
+            "vae_sheet": (renders.rgb[:8], decoded[:8])}
+
+
+def round_trip_sheet(renders: np.ndarray, decoded: np.ndarray, zoom: int = 2) -> np.ndarray:
+    """(H, W, 3) uint8 grid: renders `(image, h, w, 3)` on top, their VAE round trips below, `zoom`x nearest."""
+    grid = np.concatenate([np.concatenate(list(renders), axis=1), np.concatenate(list(decoded), axis=1)], axis=0)
+    return grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -211,9 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sheet", default="", help="write a contact sheet PNG of the first --sheet-n samples here")
     p.add_argument("--sheet-n", type=int, default=64)
     p.add_argument("--json", default="", help="write the numbers here")
+    p.add_argument("--vae-sheet", default="", help="write 8 held-out renders above their VAE round trips here (PNG)")
     args = p.parse_args(argv)
     result = run_quality(args.model, args.n, args.sheet_n, steps=args.steps, guidance_scale=args.guidance)
-    sheet = result.pop("sheet")
+    sheet, vae_sheet = result.pop("sheet"), result.pop("vae_sheet")
     for name in ("generated", "renders", "vae_round_trip"):
         q = result[name]
         (f_lo, f_hi), (c_lo, c_hi) = q["found_ci"], q["colour_match_ci"]
@@ -225,6 +233,11 @@ def main(argv: list[str] | None = None) -> None:
 
         Image.fromarray(contact_sheet(*sheet)).save(args.sheet)
         print(f"contact sheet -> {args.sheet}")
+    if args.vae_sheet:
+        from PIL import Image
+
+        Image.fromarray(round_trip_sheet(*vae_sheet)).save(args.vae_sheet)
+        print(f"VAE round trips -> {args.vae_sheet}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
 
