@@ -26,7 +26,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ldm.toy.tokenizer import MODEL_MAX_LENGTH, build_tokenizer
+from ldm.toy.tokenizer import MODEL_MAX_LENGTH, VOCAB_FILES, build_tokenizer, copy_tokenizer_files
 
 IMAGE_SIZE = 64
 LATENT_SIZE = 16
@@ -162,10 +162,8 @@ def save_pipeline(model: ToyLDM, folder: str | Path) -> Path:
     folder = Path(folder)
     to_pipeline(model).save_pretrained(str(folder), safe_serialization=True)
     vocab_dir = Path(model.tokenizer.name_or_path)
-    for name in ("vocab.json", "merges.txt"):
-        src = vocab_dir / name
-        if src.exists():
-            (folder / "tokenizer" / name).write_bytes(src.read_bytes())
+    if all((vocab_dir / name).exists() for name in VOCAB_FILES):
+        copy_tokenizer_files(vocab_dir, folder / "tokenizer")
     return folder
 
 

@@ -67,6 +67,9 @@ def build_vocab(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]
     return vocab, merges
 
 
+VOCAB_FILES = ("vocab.json", "merges.txt")  # what a stock CLIPTokenizer loads from a folder
+
+
 def save_tokenizer_files(words: list[str], folder: str | Path) -> Path:
     """Write `vocab.json` and `merges.txt` for `words` into `folder`; returns the folder."""
     folder = Path(folder)
@@ -78,12 +81,20 @@ def save_tokenizer_files(words: list[str], folder: str | Path) -> Path:
     return folder
 
 
+def copy_tokenizer_files(src: str | Path, dst: str | Path) -> None:
+    """Copy `VOCAB_FILES` from `src` to `dst`, so a text encoder built on them keeps the token ids it learnt."""
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in VOCAB_FILES:
+        (dst / name).write_bytes((src / name).read_bytes())
+
+
 def build_tokenizer(words: list[str], folder: str | Path, reuse: bool = False) -> CLIPTokenizer:
     """A stock `CLIPTokenizer` loaded from freshly written vocab files for `words` (padding with `<|endoftext|>`).
 
     reuse: load the files already in `folder` instead (a resumed training run keeps the ids its text encoder learnt)."""
     folder = Path(folder)
-    if not (reuse and (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
+    if not (reuse and all((folder / name).is_file() for name in VOCAB_FILES)):
         save_tokenizer_files(words, folder)
     return CLIPTokenizer.from_pretrained(
         str(folder),

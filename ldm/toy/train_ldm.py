@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ldm.toy.model import ToyLDM, build_toy_ldm, build_train_scheduler, save_pipeline, write_samples
+from ldm.toy.tokenizer import copy_tokenizer_files
 from ldm.toy.train_data import BatchOrder, load_dataset, to_tensor
 
 
@@ -282,13 +283,6 @@ def load_initial_weights(model: ToyLDM, folder: Path) -> None:
             raise FileNotFoundError(f"--init-from {folder}: {rel} is missing; point it at a toy pipeline folder "
                                     f"(e.g. ldm/toy/checkpoint)")
         getattr(model, name).load_state_dict(load_file(str(folder / rel)))
-
-
-def copy_tokenizer_files(src: Path, dst: Path) -> None:
-    """The starting pipeline's vocabulary files, so its text encoder keeps the token ids it learnt."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("vocab.json", "merges.txt"):
-        (dst / name).write_bytes((src / name).read_bytes())
 
 
 def ema_model(model: ToyLDM, ema: dict[str, torch.Tensor]) -> ToyLDM:
