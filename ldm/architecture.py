@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 from ldm.errors import UserError
 from ldm.hooks import HookPoint, find_hook_points
-from ldm.loading import resolve_model_path
+from ldm.loading import GenerationConfig, resolve_model_path
 
 SHIPPED = Path(__file__).parent / "architectures"
 
@@ -54,6 +54,7 @@ def empty_unet(unet_config: dict):
 
 def image_size(model: str, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
     """(height, width, vae_scale) of the images `model` generates; None sides take the native size."""
+    GenerationConfig(height=height, width=width)  # refuses a side that is not a positive multiple of 8
     vae_scale = 2 ** (len(read_config(model, "vae")["block_out_channels"]) - 1)
     native = read_config(model, "unet")["sample_size"] * vae_scale
     return height or native, width or native, vae_scale

@@ -17,6 +17,7 @@ import torch
 
 from ldm.errors import UserError
 from ldm.hooks import HookPoint, find_hook_points
+from ldm.quiet import quiet_known_noise
 
 TOY_MODEL = "toy"
 TOY_CHECKPOINT = Path(__file__).parent / "toy" / "checkpoint"
@@ -165,6 +166,16 @@ def _pipeline_class(model_path: str):
     return cls
 
 
+def check_options(model: str, scheduler: str, dtype: str) -> str:
+    """Refuse an unknown scheduler or dtype and a missing local model before anything loads; returns the model's
+    path (a hub id unchanged: whether it is in the cache is known only where it is loaded)."""
+    if scheduler not in SCHEDULERS:
+        raise UserError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return resolve_model_path(model)
+
+
 def load_model(
     model: str = TOY_MODEL,
     scheduler: str = "lms",
@@ -184,14 +195,10 @@ def load_model(
     """
     import diffusers
 
-    diffusers.utils.logging.disable_progress_bar()
+    quiet_known_noise()
     config = GenerationConfig(steps=steps, guidance_scale=guidance_scale, height=height, width=width)
-    if scheduler not in SCHEDULERS:
-        raise UserError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    path = check_options(model, scheduler, dtype)
     device = resolve_device(device)
-    path = resolve_model_path(model)
     cls = _pipeline_class(path)
     kwargs: dict = {"dtype": DTYPES[dtype]}
     if "safety_checker" in inspect.signature(cls.__init__).parameters:

@@ -1,7 +1,5 @@
 import re
 
-import pytest
-
 from workflows.cli import main
 
 
@@ -14,16 +12,3 @@ def test_hooks_table_from_configs_only(sd1_path, capsys):
 def test_hooks_table_sdxl(sdxl_path, capsys):
     assert main(["hooks", str(sdxl_path), "--height", "64", "--width", "64"]) == 0
     assert re.search(r"down_1_0_t1 +16x16 +16 +down_blocks.1.attentions.0.transformer_blocks.1", capsys.readouterr().out)
-
-
-def test_user_error_is_one_line_without_traceback(tmp_path, capsys):
-    assert main(["hooks", str(tmp_path / "missing")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
-
-
-def test_debug_flag_shows_the_exception(tmp_path):
-    from ldm.errors import UserError
-
-    with pytest.raises(UserError):
-        main(["--debug", "hooks", str(tmp_path / "missing")])

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import yaml
 import zarr
 
-from workflows.demo import free_port, wait_for_head
+from workflows.demo import free_port, local_head
 from workflows.config import PromptsConfig, RunConfig
 from workflows.run import generate
 from workflows.store import completion_records, read_manifest
@@ -71,20 +70,13 @@ def test_multi_node_gpu_cluster_spreads_actors(sd1_path, prompts_file, tmp_path)
 def test_ray_job_submit_to_a_local_head(sd1_path, prompts_file, tmp_path):
     if shutil.which("ray", path=str(VENV_BIN)) is None:
         pytest.skip("the ray CLI is not installed next to this interpreter")
-    gcs, dashboard = free_port(), free_port()
-    # The job's `python` is whatever is first on PATH for the head's processes: the project's interpreter.
-    # Ray >= 2.5x: token authentication; the head and the CLI share the token in ~/.ray/auth_token.
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
-           "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
-    head = subprocess.Popen(
-        [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "1",
-         "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{dashboard}"
-        wait_for_head(url, head)
+    # An empty home folder, as on a machine that never ran Ray: no ~/.ray/auth_token for token authentication.
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
+    env.update(HOME=str(home), OMP_NUM_THREADS="1")
+    extra = ("--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()))
+    with local_head(num_cpus=1, env=env, extra_args=extra) as head:
         config = tmp_path / "run.yaml"
         config.write_text(yaml.safe_dump({
             "model": str(sd1_path), "steps": 1, "prompts": {"source": "file", "path": str(prompts_file)},
@@ -92,20 +84,23 @@ def test_ray_job_submit_to_a_local_head(sd1_path, prompts_file, tmp_path):
             "stages": ["generate"]}))
         output = tmp_path / "run"
         job = subprocess.run(
-            [str(VENV_BIN / "ray"), "job", "submit", "--address", url, "--working-dir", ".", "--",
+            [str(VENV_BIN / "ray"), "job", "submit", "--address", head.url, "--working-dir", ".", "--",
              "python", "-m", "workflows.run", str(config), "--output", str(output)],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-        assert "succeeded" in job.stdout and "4/4 images complete" in job.stdout
-        assert [r["status"] for r in read_manifest(str(output)).to_pylist()] == ["complete"] * 4
-        assert zarr.open_group(str(output / "store.zarr"), mode="r")["images"].shape == (4, 32, 32, 3)
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)  # only the processes this test started (its own session)
-        try:
-            head.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+            cwd=REPO, env=head.env, capture_output=True, text=True, timeout=240)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "succeeded" in job.stdout and "4/4 images complete" in job.stdout
+    assert [r["status"] for r in read_manifest(str(output)).to_pylist()] == ["complete"] * 4
+    assert zarr.open_group(str(output / "store.zarr"), mode="r")["images"].shape == (4, 32, 32, 3)
+    assert not (home / ".ray").exists()  # the head's token lived in its own temporary folder
+
+
+def test_a_head_that_does_not_come_up_is_one_error_with_its_own_output(tmp_path, capsys):
+    """The head's own last lines, then one `error:` line; no traceback chain (here: a flag `ray start` refuses)."""
+    if shutil.which("ray", path=str(VENV_BIN)) is None:
+        pytest.skip("the ray CLI is not installed next to this interpreter")
+    from ldm.errors import UserError
+
+    with pytest.raises(UserError, match="the local Ray head exited with status"):
+        with local_head(num_cpus=1, extra_args=("--no-such-flag",)):
             pass
-        try:
-            os.killpg(head.pid, signal.SIGKILL)  # its GCS and monitor take ~30 s to go on SIGTERM
-        except ProcessLookupError:
-            pass
+    assert "no-such-flag" in capsys.readouterr().err

@@ -78,10 +78,7 @@ def stage_settings(output: str) -> InterventionConfig:
     from workflows.config import intervention_config
     from workflows.store import load_run_config
 
-    try:
-        return intervention_config(load_run_config(output))
-    except FileNotFoundError:
-        raise UserError(f"{output!r} holds no sceneprobe run; generate it first (`sceneprobe run CONFIG`)") from None
+    return intervention_config(load_run_config(output))
 
 
 def animate_run(output: str, image: int | None = None, *, frames: int = 12, extent: float = 0.3, axis: str = "x",

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ldm.errors import UserError
-
 
 def cmd_hooks(args: argparse.Namespace) -> int:
     """Print the hook table of a model without loading its weights."""
@@ -169,14 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from workflows.run import exit_status
+
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return exit_status(args.func, args)
 
 
 if __name__ == "__main__":

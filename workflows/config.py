@@ -19,8 +19,10 @@ from typing import Any
 
 import yaml
 
+from ldm.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config file or value that cannot be used; the message says which field and why."""
 
 
@@ -289,8 +291,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     text = path.read_text()
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot parse: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     data = data or {}
     for item in overrides:
         key, value = parse_override(item)
@@ -308,6 +312,17 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
             setattr(cfg.prompts, name, os.path.expandvars(os.path.expanduser(value)))
     cfg.output = os.path.expandvars(os.path.expanduser(cfg.output))
     return cfg
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line that names the line and column, e.g. "line 3, column 11: expected ','
+    or ']', but got ':' (in the list that starts on line 2)"."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(err).split())
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    where = f" ({context} on line {start.line + 1})" if context and start is not None else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}{where}"
 
 
 def dump_config(cfg: RunConfig) -> str:

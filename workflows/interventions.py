@@ -149,10 +149,7 @@ def check_probes(output: str, cfg: InterventionConfig, task: str, hooks: list[st
 
 def gather_inputs(output: str, cfg: InterventionConfig) -> StageInputs:
     """Test images, their labels, the probes and hooks per task, from a run that has been labelled and probed."""
-    try:
-        run_cfg = load_run_config(output)
-    except FileNotFoundError:
-        raise UserError(f"{output!r} holds no sceneprobe run; generate it first (`sceneprobe run CONFIG`)") from None
+    run_cfg = load_run_config(output)
     plan = load_plan(output)
     if "test" not in plan.splits:
         raise UserError(f"{output!r} has an empty test split: interventions edit test images only; make a run with "
@@ -394,7 +391,7 @@ def run_interventions(
         if todo and use_ray:
             from workflows.ray_interventions import run_pool
 
-            run_pool(output, cfg, inputs, todo, on_done, on_failed, labeler_specs=labeler_specs, labelers=labelers,
+            run_pool(output, cfg, todo, on_done, on_failed, labeler_specs=labeler_specs, labelers=labelers,
                      address=address)
         elif todo:
             if not worker:

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ldm.errors import UserError
 from workflows.config import RunConfig
 
 PROMPT_COLUMNS = ("prompt", "prompts")
@@ -20,7 +21,7 @@ SEED_COLUMNS = ("seed", "seeds")
 SPLITS = ("train", "test")
 
 
-class PromptsError(ValueError):
+class PromptsError(UserError):
     """A prompts source that cannot be used; the message names the file, column or rows."""
 
 

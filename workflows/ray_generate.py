@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import ray
 
+from ldm.errors import UserError
 from workflows.config import RunConfig, from_dict, to_dict
 from workflows.generate import Shard, describe, generate_shard, load
 from workflows.store import Layout, ShardWriter
@@ -25,7 +26,10 @@ PROBE_SECONDS = 0.5  # how often a restarting actor is asked whether it is back
 
 
 class GeneratorActor:
-    """Holds one loaded pipeline and one store writer for the actor's lifetime."""
+    """Holds one loaded pipeline and one store writer for the actor's lifetime.
+
+    A user's mistake found while loading (a model not in this node's cache) is kept and raised by the first call, so
+    it reaches the driver as a task error carrying the UserError (one `error:` line there), not as a dead actor."""
 
     def __init__(self, cfg: dict, cpu_threads: int | None):
         import torch
@@ -34,13 +38,21 @@ class GeneratorActor:
             # Fixed thread count on CPU actors: results then do not depend on which actor ran a shard.
             torch.set_num_threads(cpu_threads)
         self.cfg = from_dict(cfg)
-        self.model = load(self.cfg, device="auto")
+        self.load_error: UserError | None = None
+        try:
+            self.model = load(self.cfg, device="auto")
+        except UserError as err:
+            self.load_error = err
         self.writer: ShardWriter | None = None
 
     def describe(self) -> dict:
+        if self.load_error:
+            raise self.load_error
         return describe(self.model, self.cfg).to_json()
 
     def run_shard(self, shard: dict, attempt: int) -> dict:
+        if self.load_error:
+            raise self.load_error
         if self.writer is None:  # the store exists only once the driver has created it from describe()
             self.writer = ShardWriter(self.cfg.output)
         node = ray.get_runtime_context().get_node_id()
@@ -141,6 +153,8 @@ def run_shards(
                 recovering[a] = time.monotonic() + PROBE_SECONDS
                 continue
             except (ray.exceptions.RayTaskError, ray.exceptions.ObjectLostError) as err:  # generate_shard raised
+                if isinstance(getattr(err, "cause", None), UserError):
+                    raise err.cause from None  # the user's to fix; no retry can help
                 _shard_failed(cfg, shard, a, err, attempts, failed_on, queue, on_failed)
                 streak[a] += 1
                 if streak[a] > cfg.max_retries + 1:

@@ -18,9 +18,9 @@ from workflows.generate import load
 from workflows.ray_session import ensure_ray
 from workflows.interventions import (
     InterventionConfig,
-    StageInputs,
     Unit,
     Worker,
+    gather_inputs,
     load_labelers,
     run_unit,
     store_sink,
@@ -29,15 +29,19 @@ from workflows.store import load_run_config
 
 
 class InterventionActor:
-    """Holds the pipeline, the probes and the labelers for the actor's lifetime."""
+    """Holds the pipeline, the probes and the labelers for the actor's lifetime.
 
-    def __init__(self, output: str, cfg: dict, inputs: StageInputs, labeler_specs: Mapping[str, dict] | None,
+    It reads the probes from the store itself, like the model: a restarted actor then needs nothing from the driver's
+    object store (Ray warns that constructor arguments held there may be gone when an actor restarts)."""
+
+    def __init__(self, output: str, cfg: dict, labeler_specs: Mapping[str, dict] | None,
                  labelers: Mapping[str, Callable] | None, cpu_threads: int | None):
         import torch
 
         if cpu_threads:  # a fixed thread count: results do not depend on which actor ran a unit
             torch.set_num_threads(cpu_threads)
         config = InterventionConfig(**cfg)
+        inputs = gather_inputs(output, config)
         model = load(load_run_config(output), device="auto")
         labelers = labelers or load_labelers(output, config.tasks, labeler_specs, device=str(model.device))
         self.worker = Worker(model, inputs.probes, dict(labelers), inputs.scaler, config, inputs.hooks,
@@ -65,7 +69,6 @@ def pool_size(cfg: InterventionConfig, n_units: int) -> tuple[int, dict]:
 def run_pool(
     output: str,
     cfg: InterventionConfig,
-    inputs: StageInputs,
     units: list[Unit],
     on_done: Callable[[Unit, list[dict]], None],
     on_failed: Callable[[Unit, str], None],
@@ -82,8 +85,7 @@ def run_pool(
     cpu_threads = None if options["num_gpus"] else cfg.cpus_per_actor
     remote = ray.remote(InterventionActor).options(max_restarts=-1, max_task_retries=0, **options)
     config = dataclasses.asdict(cfg)
-    inputs_ref = ray.put(inputs)
-    actors = [remote.remote(output, config, inputs_ref, labeler_specs, labelers, cpu_threads) for _ in range(n)]
+    actors = [remote.remote(output, config, labeler_specs, labelers, cpu_threads) for _ in range(n)]
     queue, idle, running = deque(units), deque(range(n)), {}
     failures: dict[str, int] = {}
     try:

@@ -12,5 +12,8 @@ def ensure_ray(address: str | None = None) -> None:
     import ray
 
     if not ray.is_initialized():
+        # A new local cluster turns token authentication on by itself and warns about it; saying so is the same
+        # setting without the warning. A cluster joined by address keeps its own mode.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
                  logging_level="WARNING")

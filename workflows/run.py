@@ -22,8 +22,8 @@ from workflows.config import STAGES, ConfigError, RunConfig, load_config
 from workflows.generate import Shard, describe, generate_shard, load, make_shards
 from workflows.progress import Progress
 from workflows.ray_session import ensure_ray
-from workflows.prompts import PromptsError, build_plan
-from workflows.store import (RunExistsError, ShardWriter, bytes_on_disk, check_output, completion_records, create_store,
+from workflows.prompts import build_plan
+from workflows.store import (ShardWriter, bytes_on_disk, check_output, completion_records, create_store, require_run,
                              failure_records, load_layout, load_plan, load_run_config, mark_failed, shard_states,
                              write_manifest)
 
@@ -45,12 +45,13 @@ class Result:
         return self.complete == self.total
 
 
-def _check_inputs(cfg: RunConfig) -> None:
-    """Fail before any actor starts on what can be checked cheaply here."""
+def check_inputs(cfg: RunConfig) -> None:
+    """Fail before Ray or any actor starts on what can be checked cheaply here. (A hub id is only checked by the
+    actors: on a cluster the weights may be on the GPU nodes and not on the driver's.)"""
     if cfg.backend == "ldm":
-        from ldm.loading import resolve_model_path
+        from ldm.loading import check_options
 
-        resolve_model_path(cfg.model)  # a missing toy checkpoint or local folder is a clear message now
+        check_options(cfg.model, cfg.scheduler, cfg.dtype)
     if "://" not in cfg.output and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not os.path.isabs(cfg.output):
         raise ConfigError(f"output {cfg.output!r} is relative: inside `ray job submit` it would land in the job's "
                           "temporary working directory. Give an absolute path or a URL, e.g. --output $PWD/runs/toy")
@@ -60,7 +61,7 @@ def generate(cfg: RunConfig, resume: bool = False, use_ray: bool = True, address
              stream: TextIO | None = None) -> Result:
     """Generate every image of the run that is not complete yet; see the module docstring for the semantics."""
     stream = stream or sys.stderr
-    _check_inputs(cfg)
+    check_inputs(cfg)
     resumed = check_output(cfg, resume)
     plan = load_plan(cfg.output) if resumed else build_plan(cfg)  # a resumed run keeps its stored items and splits
     shards = make_shards(plan, cfg.shard_size)
@@ -195,30 +196,44 @@ def run_command(args: argparse.Namespace, stages: tuple[str, ...] = STAGES) -> i
 
     A stage that leaves work undone (failed shards) stops the chain: later stages would run on partial data.
     """
-    try:
-        overrides = list(args.set) + ([f"output={args.output}"] if args.output else [])
-        cfg = load_config(args.config, overrides)
-        if not args.no_ray:
-            ensure_ray(args.address)  # one Ray session for every stage of this command
-        chosen = [s for s in stages if len(stages) == 1 or s in cfg.stages]
-        for stage in chosen:
-            if not run_stage(stage, cfg, args):
-                print(f"stage {stage} left work undone; fix the cause and rerun with --resume", file=sys.stderr)
-                return 1
-            args.resume = True  # later stages of the same command continue this run
-    except (ConfigError, PromptsError, RunExistsError, FileNotFoundError, UserError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    overrides = list(args.set) + ([f"output={args.output}"] if args.output else [])
+    cfg = load_config(args.config, overrides)
+    chosen = [s for s in stages if len(stages) == 1 or s in cfg.stages]
+    # What can be refused cheaply is refused before Ray starts: inputs of a generation, a missing run otherwise.
+    if "generate" in chosen or "controls" in chosen:
+        check_inputs(cfg)
+        if "generate" in chosen and not check_output(cfg, args.resume):
+            build_plan(cfg)  # a new run's prompts: a missing file or column is named now
+    else:
+        require_run(cfg, chosen[0])
+    if not args.no_ray:
+        ensure_ray(args.address)  # one Ray session for every stage of this command
+    for stage in chosen:
+        if not run_stage(stage, cfg, args):
+            print(f"stage {stage} left work undone; fix the cause and rerun with --resume", file=sys.stderr)
+            return 1
+        args.resume = True  # later stages of the same command continue this run
     return 0
 
 
 def status_command(args: argparse.Namespace) -> int:
-    try:
-        counts = print_status(args.run)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    counts = print_status(args.run)
     return 0 if counts["failed"] == 0 and counts["pending"] == 0 else 1
+
+
+def exit_status(command, args: argparse.Namespace) -> int:
+    """Run `command(args)`; a user's mistake becomes one `error:` line and exit status 2 (`--debug`: the traceback).
+
+    The one place user errors are caught, for every subcommand of `sceneprobe` and for `python -m workflows.run`."""
+    try:
+        return command(args)
+    except UserError as err:
+        if getattr(args, "debug", False):
+            raise
+        cause = getattr(err, "cause", None)  # raised in a Ray task or actor: its own message, not the remote traceback
+        message = cause if isinstance(cause, UserError) else err
+        print("error: " + " ".join(str(message).split("\n")), file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,12 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--status"]:
         parser = argparse.ArgumentParser(prog="python -m workflows.run --status")
         parser.add_argument("run", help="a run's output location, or its config file")
-        return status_command(parser.parse_args(argv[1:]))
+        return exit_status(status_command, parser.parse_args(argv[1:]))
     parser = argparse.ArgumentParser(prog="python -m workflows.run", description="Generate a configured run.")
     add_arguments(parser)
     parser.add_argument("--stage", choices=STAGES, action="append", help="only these stages (default: all)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     args = parser.parse_args(argv)
-    return run_command(args, tuple(args.stage) if args.stage else STAGES)
+    return exit_status(lambda a: run_command(a, tuple(a.stage) if a.stage else STAGES), args)
 
 
 if __name__ == "__main__":

@@ -11,19 +11,11 @@ import sys
 import time
 from typing import TextIO
 
-from ldm.errors import UserError
 from workflows.config import RunConfig
 from workflows.grid import plan_groups, prepare_grid_data, run_grid, variant_output
 from workflows.labels import label_shards, labelled_shards, load_labeler
 from workflows.progress import Progress
-from workflows.store import completion_records, stored_config
-
-
-def require_run(cfg: RunConfig, stage: str) -> None:
-    """Later stages need a generated run at cfg.output; say which stage makes one."""
-    if stored_config(cfg.output) is None:
-        raise UserError(f"no generated run at {cfg.output!r} for the {stage} stage; "
-                        "run `sceneprobe generate CONFIG` (or `sceneprobe run CONFIG`) first")
+from workflows.store import completion_records, require_run, stored_config
 
 
 def control_configs(cfg: RunConfig) -> dict[str, RunConfig]:

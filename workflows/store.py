@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 import yaml
 import zarr
 
+from ldm.errors import UserError
 from workflows.config import RunConfig, data_differences, dump_config, flatten, from_dict, to_dict
 from workflows.prompts import Plan
 from workflows.shardfile import direct_compressor, write_shard
@@ -44,8 +45,12 @@ STORE = "store.zarr"  # the Zarr group inside the output location; records and m
 FLOAT32_EXTRAS = ("latent", "x0")  # small and used for exact comparisons; attention outputs are stored as float16
 
 
-class RunExistsError(RuntimeError):
-    """The output location already holds a run (the same one without --resume, or a different one)."""
+class RunExistsError(UserError):
+    """The output location already holds a run (the same one without --resume, or a different one), or is a file."""
+
+
+class NoRunError(UserError):
+    """The location holds no sceneprobe run (no config.yaml)."""
 
 
 @dataclass
@@ -115,7 +120,7 @@ def read_file(output: str, relpath: str) -> bytes | None:
     path = posixpath.join(root, relpath)
     try:
         return fs.cat_file(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: the output location is a file
         return None
 
 
@@ -125,6 +130,13 @@ def stored_config(output: str) -> dict | None:
 
 
 # ---------------------------------------------------------------- creation and resume checks
+
+
+def require_run(cfg: RunConfig, stage: str) -> None:
+    """Later stages need a generated run at cfg.output; say which stage makes one."""
+    if stored_config(cfg.output) is None:
+        raise NoRunError(f"no generated run at {cfg.output!r} for the {stage} stage; "
+                         "run `sceneprobe generate CONFIG` (or `sceneprobe run CONFIG`) first")
 
 
 def check_output(cfg: RunConfig, resume: bool) -> bool:
@@ -148,6 +160,8 @@ def check_output(cfg: RunConfig, resume: bool) -> bool:
                                  "pass --resume to continue it")
         return True
     fs, root = _fs(cfg.output)
+    if fs.isfile(root):
+        raise RunExistsError(f"output {cfg.output!r} is a file; give a folder (new or holding a run) instead")
     if fs.exists(root) and fs.ls(root, detail=False):
         attrs = read_file(cfg.output, f"{STORE}/zarr.json")
         # A store whose creation was interrupted (no config.yaml yet) is ours to recreate; anything else is not.
@@ -223,7 +237,8 @@ def load_layout(output: str) -> Layout:
 def load_run_config(output: str) -> RunConfig:
     stored = stored_config(output)
     if stored is None:
-        raise FileNotFoundError(f"{output!r} holds no sceneprobe run (no config.yaml)")
+        raise NoRunError(f"{output!r} holds no sceneprobe run (no config.yaml); make one with "
+                         "`sceneprobe run CONFIG`, or give the output location of a run")
     return from_dict(stored)
 
 
