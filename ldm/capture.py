@@ -17,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 import numpy as np
 import torch
 
-from ldm.hooks import EXTRAS, HookPoint, StepTracker, as_spatial, patched, select_hook_points
+from ldm.hooks import EXTRAS, StepTracker, hooked, patched, select_hook_points
 
 Sink = Callable[[int, str, torch.Tensor], None]
 
@@ -54,6 +54,26 @@ def vae_mid_attention(vae, latent: torch.Tensor) -> torch.Tensor:
     return grabbed[0].reshape(latent.shape[0], latent.shape[2], latent.shape[3], -1)
 
 
+def _extras_step(pipe, sink: Sink, extras: Sequence[str], tracker: StepTracker):
+    """A `scheduler.step` that also hands the extras to `sink`: they live in the sampling loop, not in the U-Net."""
+    scheduler = pipe.scheduler
+    original_step = scheduler.step
+
+    def step(model_output, timestep, sample, *args, return_dict: bool = True, **kwargs):
+        out = original_step(model_output, timestep, sample, *args, return_dict=True, **kwargs)
+        if tracker.active:
+            if "latent" in extras:
+                sink(tracker.step, "latent", _channels_last(sample))
+            if "x0" in extras:
+                x0 = _predicted_x0(scheduler, out, timestep, sample, model_output)
+                sink(tracker.step, "x0", _channels_last(x0))
+            if "vae_mid" in extras:
+                sink(tracker.step, "vae_mid", vae_mid_attention(pipe.vae, sample))
+        return out if return_dict else out.to_tuple()
+
+    return step
+
+
 @contextmanager
 def capture(
     model,
@@ -67,45 +87,12 @@ def capture(
     model: a `LoadedModel`. hooks: U-Net hook point names (None: all). extras: any of "vae_mid", "latent", "x0".
     steps: only these steps (None: all).
     """
-    pipe = model.pipe
-    unet_points = [p for p in model.hook_points if p.kind == "unet"]
-    points = select_hook_points(unet_points, hooks)
-    select_hook_points([p for p in model.hook_points if p.kind == "extra"], list(extras))
-    wanted_steps = None if steps is None else set(steps)
-    tracker = StepTracker(pipe)
-
-    def active() -> bool:
-        return wanted_steps is None or tracker.step in wanted_steps
-
-    def attach(point: HookPoint):
-        def hook(module, inputs, output):
-            if active():
-                for half in tracker.halves(output, "cond"):
-                    sink(tracker.step, point.name, as_spatial(output[half].detach(), point, tracker.latent_hw))
-
-        return pipe.unet.get_submodule(point.module_path).register_forward_hook(hook)
-
     with ExitStack() as stack:
-        stack.enter_context(tracker.attached())
-        for point in points:
-            stack.callback(attach(point).remove)
+        # a read-only `hooked` on the conditional half; its step tracker also times the extras
+        tracker = stack.enter_context(hooked(model, sink, hooks, steps=steps))
+        select_hook_points([p for p in model.hook_points if p.kind == "extra"], list(extras))
         if extras:
-            scheduler = pipe.scheduler
-            original_step = scheduler.step
-
-            def step(model_output, timestep, sample, *args, return_dict: bool = True, **kwargs):
-                out = original_step(model_output, timestep, sample, *args, return_dict=True, **kwargs)
-                if active():
-                    if "latent" in extras:
-                        sink(tracker.step, "latent", _channels_last(sample))
-                    if "x0" in extras:
-                        x0 = _predicted_x0(scheduler, out, timestep, sample, model_output)
-                        sink(tracker.step, "x0", _channels_last(x0))
-                    if "vae_mid" in extras:
-                        sink(tracker.step, "vae_mid", vae_mid_attention(pipe.vae, sample))
-                return out if return_dict else out.to_tuple()
-
-            stack.enter_context(patched(scheduler, "step", step))
+            stack.enter_context(patched(model.pipe.scheduler, "step", _extras_step(model.pipe, sink, extras, tracker)))
         yield
 
 

@@ -4,13 +4,17 @@ A hook point is the output projection of a transformer block's `attn1` (`...attn
 self-attention output before the residual add, as probed in the paper. Names come from the position in the U-Net:
 `down_{block}_{attention}`, `mid_{attention}`, `up_{block}_{attention}`, with `_t{k}` appended when a block stacks several
 transformer layers (SDXL). For SD v1 that is `down_0_0 ... down_2_1, mid_0, up_1_0 ... up_3_2`, 16 in all.
+
+`hooked` is the one hook mechanism behind both `ldm.capture` (read) and `ldm.edit` (write): the user names hook points
+and steps, and a function `fn(step, name, act)` sees each activation as `(batch, h, w, c)`, one guidance half at a time;
+when writing, what it returns replaces that half.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +23,12 @@ from ldm.errors import UserError
 
 # Pseudo-layers that are not U-Net modules: the VAE baseline of the paper, the noisy latent and the predicted x0.
 EXTRAS = ("vae_mid", "latent", "x0")
+# Parts of the guidance batch `[unconditional, conditional]` a hook can see.
+HALVES = ("cond", "uncond", "both")
+
+# fn(step, name, act `(batch, h, w, c)`): a reader returns None; a writer returns a replacement of the same shape, or
+# None to leave that half as it is.
+HookFn = Callable[[int, str, torch.Tensor], torch.Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -126,8 +136,9 @@ class StepTracker:
     and the latent size of the call, so hooks can cut out the conditional half at the right resolution.
     """
 
-    def __init__(self, pipe) -> None:
+    def __init__(self, pipe, steps: Sequence[int] | None = None) -> None:
         self.pipe = pipe
+        self.steps = None if steps is None else frozenset(steps)  # the selected steps (None: all)
         self.step = -1
         self.batch = 0  # images per U-Net call (half the U-Net batch under guidance)
         self.guided = False
@@ -139,6 +150,11 @@ class StepTracker:
         self.guided = bool(getattr(self.pipe, "do_classifier_free_guidance", False))
         self.batch = sample.shape[0] // 2 if self.guided else sample.shape[0]
         self.latent_hw = tuple(sample.shape[-2:])
+
+    @property
+    def active(self) -> bool:
+        """Whether the current step is a selected one."""
+        return self.steps is None or self.step in self.steps
 
     def halves(self, output: torch.Tensor, half: str) -> list[slice]:
         """Batch slices of `output` for the requested half: cond, uncond or both."""
@@ -183,3 +199,51 @@ def as_spatial(tokens: torch.Tensor, point: HookPoint, latent_hw: tuple[int, int
     """`(batch, h*w, c)` tokens (row-major) -> `(batch, h, w, c)` at this call's resolution."""
     h, w = level_size(latent_hw[0], point.level), level_size(latent_hw[1], point.level)
     return tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1])
+
+
+@contextmanager
+def hooked(
+    model,
+    fn: HookFn,
+    hooks: Sequence[str] | None = None,
+    steps: Sequence[int] | None = None,
+    half: str = "cond",
+    write: bool = False,
+) -> Iterator[StepTracker]:
+    """Call `fn(step, name, act)` at the U-Net hook points `hooks` (None: all) during generations run inside the block.
+
+    model: a `LoadedModel`. steps: only these steps (None: all). half: "cond", "uncond" or "both" (each half is passed
+    to `fn` separately). write: replace each half with the tensor `fn` returns (None leaves it); without it, what `fn`
+    returns is ignored and the generation is untouched. Hooks run in forward order, and after hooks entered earlier on
+    the same module, so later readers see earlier writes. Yields the step tracker, for hooks that are not U-Net modules.
+    """
+    if half not in HALVES:
+        raise UserError(f"unknown half {half!r}; choose one of {', '.join(HALVES)}")
+    points = select_hook_points([p for p in model.hook_points if p.kind == "unet"], hooks)
+    tracker = StepTracker(model.pipe, steps)
+
+    def attach(point: HookPoint):
+        def hook(module, inputs, output: torch.Tensor) -> torch.Tensor | None:
+            if not tracker.active:
+                return None  # outside the selected steps a hook costs nothing: no slicing, no copy
+            edited = None
+            for part in tracker.halves(output, half):
+                # a reader's view is detached so what it keeps holds no graph; a writer's stays differentiable
+                act = as_spatial(output[part] if write else output[part].detach(), point, tracker.latent_hw)
+                new = fn(tracker.step, point.name, act)
+                if not write or new is None:
+                    continue
+                if new.shape != act.shape:
+                    raise ValueError(f"edit for {point.name} returned shape {tuple(new.shape)}, expected {tuple(act.shape)}")
+                if edited is None:
+                    edited = output.clone()  # copy on first write: later halves still read the module's own output
+                edited[part] = new.reshape(output[part].shape).to(output.dtype)
+            return edited  # None keeps the module's output as it is
+
+        return model.pipe.unet.get_submodule(point.module_path).register_forward_hook(hook)
+
+    with ExitStack() as stack:
+        stack.enter_context(tracker.attached())
+        for point in points:
+            stack.callback(attach(point).remove)
+        yield tracker

@@ -5,6 +5,7 @@ import torch
 from ldm.capture import ArraySink, capture, vae_mid_attention
 from ldm.control import permute_weights
 from ldm.edit import edit
+from ldm.hooks import hooked
 from ldm.loading import load_model
 
 PROMPTS, SEEDS = ["a red sphere", "a blue cube"], [3, 4]
@@ -96,6 +97,33 @@ def test_edit_is_seen_by_capture_downstream(model):
             model.generate(PROMPTS, SEEDS)
     # capture hooks registered after the edit hook see the edited output
     assert np.abs(sink.arrays["down_0_0"]).max() == 0.0
+
+
+def test_one_hook_mechanism_reads_and_writes(model, reference):
+    """capture and edit are both `hooked`: reads never change the image, and a write is seen by every later hook."""
+    with hooked(model, lambda s, n, a: torch.zeros_like(a), hooks=["up_3_2"]):
+        np.testing.assert_array_equal(model.generate(PROMPTS, SEEDS), reference)  # without write, returns are ignored
+    plain = {}
+
+    def identity(step, name, act):
+        plain[name] = act.clone()
+        return act
+
+    with hooked(model, identity, hooks=["down_0_0", "up_3_2"], steps=[0], write=True):
+        np.testing.assert_array_equal(model.generate(PROMPTS, SEEDS), reference)  # an identity write is exact
+    edited, sink = {}, ArraySink()
+
+    def zero_first_read_last(step, name, act):
+        if name == "down_0_0":
+            return torch.zeros_like(act)
+        edited[name] = act.clone()  # returning None leaves this activation as it is
+
+    with hooked(model, zero_first_read_last, hooks=["down_0_0", "up_3_2"], steps=[0], write=True):
+        with hooked(model, sink, hooks=["down_0_0"], steps=[0]):  # entered later on the same module: runs after
+            model.generate(PROMPTS, SEEDS)
+    assert np.abs(sink.arrays["down_0_0"]).max() == 0.0
+    assert sorted(edited) == ["up_3_2"] and edited["up_3_2"].shape == plain["up_3_2"].shape == (2, 16, 16, 8)
+    assert not torch.allclose(edited["up_3_2"], plain["up_3_2"])  # the later hook sees the edited forward pass
 
 
 def test_permutation_keeps_each_tensors_values(sd1_path):
