@@ -7,7 +7,7 @@ Usage:  .venv/bin/python benchmarks/bench_edits.py                          (toy
 1. Generates `--train` toy-world prompts with activation capture at the edited (hook, step) pairs, labels them with the
    saliency labeler, and fits a saliency probe per (hook, step) (`probes.fit.fit_probe`).
 2. Generates `--test` held-out images, labels them, and draws `--targets` translated masks per image
-   (`workflows.targets`, the paper's ranges, seed 0).
+   (`probes.targets`, the paper's ranges, seed 0).
 3. For each method, renders every (image, target) with edits at the chosen layers and steps (default: the paper's
    saliency setting, up blocks at steps 0-4), re-labels the results and scores Dice(new mask, target) against
    Dice(original mask, target). Strengths: each of `--strengths`, or with `--calibrate` each method's own, chosen on
@@ -38,9 +38,10 @@ from ldm.loading import load_model  # noqa: E402
 from ldm.toy.render import HELD_OUT_SEED, render_batch  # noqa: E402
 from probes.fit import fit_probe  # noqa: E402
 from probes.metrics import bootstrap_ci  # noqa: E402
-from workflows.edit_generation import EditStats, run_edits, score  # noqa: E402
-from workflows.interventions import InterventionConfig, choose_strengths, default_hooks  # noqa: E402
-from workflows.targets import TargetSpec, draw_translations, make_targets  # noqa: E402
+from workflows.stages.edits import EditStats, run_edits, score  # noqa: E402
+from workflows.stages.interventions import InterventionConfig, choose_strengths, default_hooks  # noqa: E402
+from probes.targets import draw_translations, make_targets  # noqa: E402
+from workflows.config import EditSettings, TargetSpec  # noqa: E402
 
 
 def simple_labeler() -> Labeler:
@@ -145,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             targets = make_targets(originals[i], moves[i], "saliency")
             stats = EditStats(norm=np.zeros(len(targets)))
             start = time.perf_counter()
-            images = run_edits(model, probes, method, targets, prompt, seed, "saliency", hooks=hooks,
-                               steps=edit_steps, lr=args.lr, iters=args.iters, strength=strength, units=args.units,
-                               stats=stats, image=i)
+            settings = EditSettings(hooks=tuple(hooks), steps=tuple(edit_steps), strength=strength, lr=args.lr,
+                                    iters=args.iters, units=args.units)
+            images = run_edits(model, probes, method, targets, prompt, seed, "saliency", settings, stats=stats,
+                               image=i)
             total_s += time.perf_counter() - start
             edit_s += stats.seconds
             norms.append(stats.norm.mean() / max(stats.calls, 1))

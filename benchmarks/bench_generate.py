@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from workflows.config import PromptsConfig, RunConfig  # noqa: E402
-from workflows.generate import describe, generate_shard, load, make_shards  # noqa: E402
-from workflows.prompts import Plan, toy_captions  # noqa: E402
+from workflows.stages.shard import describe, generate_shard, load, make_shards  # noqa: E402
+from workflows.stages.prompts import toy_captions
+from workflows.store import Plan  # noqa: E402
 from workflows.store import ShardWriter, bytes_on_disk, create_store  # noqa: E402
 
 

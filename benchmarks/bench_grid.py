@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from probes.fit import fit_probe  # noqa: E402
-from workflows.grid import (  # noqa: E402
+from workflows.stages.grid import (  # noqa: E402
     fit_group, plan_groups, prepare_grid_data, read_activations, run_grid,
 )
 
@@ -136,8 +136,8 @@ def main() -> None:
         if args.ray:
             import ray
 
-            from workflows.ray_grid import fit_groups_with_ray
-            from workflows.ray_session import ensure_ray
+            from workflows.ray.tasks import fit_groups_with_ray
+            from workflows.ray.session import ensure_ray
 
             ray_out = scratch_output(args.run, ray_dir)
             ensure_ray()

@@ -35,9 +35,9 @@ from ldm.architecture import describe_hook_points  # noqa: E402
 from ldm.capture import capture  # noqa: E402
 from ldm.random_init import random_model  # noqa: E402
 from workflows.config import PromptsConfig, RunConfig  # noqa: E402
-from workflows.generate import Shard, describe, generate_shard  # noqa: E402
-from workflows.prompts import Plan  # noqa: E402
-from workflows.staging import HostStaging  # noqa: E402
+from workflows.stages.shard import Shard, describe, generate_shard  # noqa: E402
+from workflows.store import Plan  # noqa: E402
+from workflows.store.staging import HostStaging  # noqa: E402
 from workflows.store import Layout, ShardWriter, bytes_on_disk, create_store  # noqa: E402
 
 MODEL = "CompVis/stable-diffusion-v1-4"

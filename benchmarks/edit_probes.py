@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_edits import fit_saliency_probes  # noqa: E402
 from ldm.labelers import load_saliency_labeler  # noqa: E402
 from probes.fit import fit_probe  # noqa: E402
-from workflows.animate import stage_settings  # noqa: E402
-from workflows.edit_generation import run_edits, score  # noqa: E402
-from workflows.generate import load  # noqa: E402
-from workflows.grid import ProbeGroup, prepare_grid_data, read_activations  # noqa: E402
-from workflows.interventions import gather_inputs  # noqa: E402
+from workflows.stages.animate import stage_settings  # noqa: E402
+from workflows.stages.edits import run_edits, score  # noqa: E402
+from workflows.stages.shard import load  # noqa: E402
+from workflows.stages.grid import ProbeGroup, prepare_grid_data, read_activations  # noqa: E402
+from workflows.stages.interventions import gather_inputs  # noqa: E402
 from workflows.store import load_run_config  # noqa: E402
-from workflows.targets import draw_translations, make_targets  # noqa: E402
+from probes.targets import draw_translations, make_targets  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             original = np.asarray(inputs.labels["saliency"][k], np.float32)
             targets = make_targets(original, moves[k], "saliency")
             edited = run_edits(model, probes, "closed-form", targets, inputs.prompts[k], inputs.seeds[k], "saliency",
-                               hooks=hooks, steps=steps, strength=strength, units=cfg.closed_form_units,
-                               image=int(inputs.test[k]))
+                               cfg.edit_settings("saliency", hooks, strength), image=int(inputs.test[k]))
             gains.append(float(score("saliency", labeler(edited), original, targets)["gain"].mean()))
         print(f"{name:32s} Dice gain {np.mean(gains):+.3f}; per image {' '.join(f'{g:+.2f}' for g in gains)}",
               flush=True)

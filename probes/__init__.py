@@ -1,4 +1,4 @@
-"""Probe math and metrics on plain arrays (numpy / torch): no Ray, no diffusers, no other sceneprobe packages.
+"""Probe math and metrics on plain arrays (numpy / torch): no Ray, no diffusers; imports no other sceneprobe package.
 
 Activations are `(image, h, w, c)` arrays (float16/float32, any array-like that slices along the first axis); labels
 `(image, H, W)` at image resolution. See docs/probes.md.

@@ -11,7 +11,7 @@ import numpy as np
 
 from ldm.labelers import Labeler
 from workflows.config import PromptsConfig, RunConfig
-from workflows.prompts import Plan
+from workflows.store import Plan
 from workflows.store import Layout, ShardWriter, create_store
 
 H = W = 16

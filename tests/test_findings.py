@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from workflows.findings import check_claim, compare, format_findings, select_hook
+from workflows.report.findings import check_claim, compare, format_findings, select_hook
 
 
 def rows(ldm_dice: float = 0.6, test_best: str = "up_1_0") -> list[dict]:
@@ -47,8 +47,8 @@ def test_missing_control_fails_the_claim_and_markdown_says_so():
 
 
 def test_curve_series_and_svg(tmp_path):
-    from workflows.findings import curve_series
-    from workflows.figures import line_chart_svg
+    from workflows.report.findings import curve_series
+    from workflows.report.figures import line_chart_svg
 
     hooks, _ = compare(rows(), "saliency")
     series = curve_series(rows(), "saliency", "dice", hooks)

@@ -17,13 +17,16 @@ from ldm.labelers import Labeler
 from ldm.loading import load_model
 from probes.linear import LinearProbe
 from workflows.config import PromptsConfig, RunConfig
-from workflows.edit_generation import EditStats, make_edit_fn, run_edits, score
-from workflows.grid import plan_groups, prepare_grid_data, run_grid
-from workflows.interventions import InterventionConfig, finished_units, images_path, run_interventions
-from workflows.labels import label_shards
-from workflows.run import generate
+from workflows.stages.edits import EditStats, make_edit_fn, run_edits, score
+from workflows.stages.grid import plan_groups, run_grid
+from workflows.stages.grid_data import prepare_grid_data
+from workflows.config import EditSettings, InterventionConfig
+from workflows.stages.interventions import run_interventions, unit_records
+from workflows.store.paths import edited_images as images_path
+from workflows.stages.labels import label_shards
+from workflows.stages.generate import generate
 from workflows.store import open_store, read_file
-from workflows.targets import TargetSpec
+from workflows.config import TargetSpec
 
 STEPS = 3
 HOOKS = ["up_2_2", "up_3_2"]
@@ -48,7 +51,7 @@ def build_tiny_run(model_path, output, num_images: int = 12, test_fraction: floa
     cfg = RunConfig(model=str(model_path), steps=STEPS, num_images=num_images, test_fraction=test_fraction,
                     output=str(output), shard_size=4, batch_size=4, extras=[], hooks=None,
                     prompts=PromptsConfig(source="toy"))
-    generate(cfg, use_ray=False, stream=io.StringIO())
+    generate(cfg, stream=io.StringIO())
     for task, labeler in fake_labelers().items():
         label_shards(str(output), task, labeler)
     if probe:
@@ -92,7 +95,7 @@ def test_closed_form_makes_an_identity_probe_read_the_target():
     expected_norm = np.abs(target - act[..., 2].numpy()).mean(axis=(1, 2))
     np.testing.assert_allclose(stats.norm, expected_norm, rtol=1e-5)
     # The paper's optimiser moves the reading towards the target; the random control keeps the closed form's norm.
-    paper = make_edit_fn({("h", 0): probe}, "paper", target, "depth", iters=64, lr=0.05)(0, "h", act)
+    paper = make_edit_fn({("h", 0): probe}, "paper", target, "depth", EditSettings((), (), iters=64, lr=0.05))(0, "h", act)
     assert np.abs(paper[..., 2].numpy() - target).mean() < 0.5 * np.abs(act[..., 2].numpy() - target).mean()
     rand = make_edit_fn({("h", 0): probe}, "random", target, "depth")(0, "h", act)
     np.testing.assert_allclose((rand - act).norm(dim=-1).numpy(), (new - act).norm(dim=-1).numpy(), rtol=1e-4)
@@ -111,19 +114,20 @@ def test_edits_through_ldm_change_the_image_and_zero_norm_edits_do_not(model):
     act = torch.from_numpy(sink.arrays[hook][:, 0])  # (1, h, w, c) at step 0
     # A target equal to what the probe already reads: the closed-form edit (and a random one of its norm) is zero.
     reading = (act.float() @ torch.from_numpy(probe.raw_weight).float() + probe.raw_bias).numpy()
-    kw = dict(hooks=[hook], steps=[0])
+    at = EditSettings(hooks=(hook,), steps=(0,))
     for method in ("closed-form", "random"):
-        same = run_edits(model, {(hook, 0): probe}, method, reading, prompt, seed, "depth", **kw)
+        same = run_edits(model, {(hook, 0): probe}, method, reading, prompt, seed, "depth", at)
         np.testing.assert_array_equal(same, reference)
     stats_cf, stats_rand = EditStats(norm=np.zeros(1)), EditStats(norm=np.zeros(1))
-    moved = run_edits(model, {(hook, 0): probe}, "closed-form", reading + 3.0, prompt, seed, "depth", stats=stats_cf,
-                      **kw)
+    moved = run_edits(model, {(hook, 0): probe}, "closed-form", reading + 3.0, prompt, seed, "depth", at,
+                      stats=stats_cf)
     assert np.abs(moved.astype(int) - reference.astype(int)).max() > 0
-    run_edits(model, {(hook, 0): probe}, "random", reading + 3.0, prompt, seed, "depth", stats=stats_rand, **kw)
+    run_edits(model, {(hook, 0): probe}, "random", reading + 3.0, prompt, seed, "depth", at, stats=stats_rand)
     np.testing.assert_allclose(stats_rand.norm, stats_cf.norm, rtol=1e-4)  # same norm, other direction
     np.testing.assert_allclose(stats_cf.norm, 3.0, rtol=1e-4)  # one channel moved by exactly 3 everywhere
     with pytest.raises(KeyError, match="up_3_2@1"):
-        run_edits(model, {(hook, 0): probe}, "closed-form", reading, prompt, seed, "depth", hooks=[hook], steps=[0, 1])
+        run_edits(model, {(hook, 0): probe}, "closed-form", reading, prompt, seed, "depth",
+                  EditSettings(hooks=(hook,), steps=(0, 1)))
 
 
 def test_score_directions():
@@ -173,17 +177,17 @@ def test_stage_writes_rows_images_and_resumes(tiny_run, model):
     again = run_interventions(tiny_run, cfg, model=model, labelers=labelers, stream=io.StringIO())
     assert again.done == 0 and again.skipped == units
     key = "saliency/closed-form/000010"
-    before = finished_units(tiny_run)[key]
+    before = unit_records(tiny_run).done()[key]
     os.remove(os.path.join(tiny_run, "interventions", "records", key + ".json"))
     third = run_interventions(tiny_run, cfg, model=model, labelers=labelers, stream=io.StringIO())
     assert third.done == 1
-    after = finished_units(tiny_run)[key]
+    after = unit_records(tiny_run).done()[key]
     assert [r["score_after"] for r in after] == [r["score_after"] for r in before]
     # Other settings on the same output are refused, not mixed in.
     with pytest.raises(UserError, match="other settings.*iters"):
         run_interventions(tiny_run, small_cfg(iters=5), model=model, labelers=labelers, stream=io.StringIO())
     assert read_file(tiny_run, "interventions/config.json") is not None
-    from workflows.animate import stage_settings  # the animation's default: the settings the stage used
+    from workflows.stages.animate import stage_settings  # the animation's default: the settings the stage used
 
     assert stage_settings(tiny_run).data_fields() == cfg.data_fields()
 
@@ -209,7 +213,7 @@ def test_no_probes_and_empty_test_split(sd1_path, tmp_path, model):
 def test_animation_gif_and_cli(tiny_run, model, tmp_path):
     from PIL import Image
 
-    from workflows.animate import animate_run
+    from workflows.stages.animate import animate_run
     from workflows.cli import main
 
     cfg = small_cfg()
@@ -228,8 +232,8 @@ def test_animation_gif_and_cli(tiny_run, model, tmp_path):
     assert main(["animate", tiny_run, "--steps", "0,2"]) == 2  # no probe at step 2: a one-line error
 
 def test_strength_per_task_and_all_hooks(tiny_run, model, tmp_path):
-    from workflows.animate import animate_run
-    from workflows.config import ConfigError, RunConfig, intervention_config
+    from workflows.stages.animate import animate_run
+    from workflows.config import ConfigError, from_dict
 
     cfg = small_cfg(strength={"saliency": 3.0})
     assert cfg.strength_of("saliency") == 3.0 and cfg.strength_of("depth") == 1.0
@@ -239,7 +243,7 @@ def test_strength_per_task_and_all_hooks(tiny_run, model, tmp_path):
     with pytest.raises(ValueError, match="saliency_hooks must be a list"):
         small_cfg(saliency_hooks="up_1_0,up_1_1")
     with pytest.raises(ConfigError, match="positive"):
-        intervention_config(RunConfig(interventions={"strength": 0}))
+        from_dict({"interventions": {"strength": 0}})
     # the animation edits with the stage's strength: x3 gives other frames than x1
     weak = animate_run(tiny_run, frames=2, cfg=small_cfg(methods=("closed-form",)), model=model,
                        out=str(tmp_path / "weak.gif"))
@@ -257,6 +261,8 @@ def test_ray_pool_matches_the_local_stage(tiny_run, model, tmp_path):
 
     import ray
 
+    from workflows.ray.interventions import unit_runner
+
     cfg = small_cfg(methods=("closed-form",), tasks=("saliency",), max_images=2, actors=2, max_retries=2)
     local = run_interventions(tiny_run, cfg, model=model, labelers=fake_labelers(), stream=io.StringIO())
     assert local.ok
@@ -266,11 +272,12 @@ def test_ray_pool_matches_the_local_stage(tiny_run, model, tmp_path):
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:
-        remote = run_interventions(copy, cfg, use_ray=True, labelers=fake_labelers(), stream=io.StringIO())
+        remote = run_interventions(copy, cfg, run_units=unit_runner(copy, cfg, labelers=fake_labelers()),
+                                   stream=io.StringIO())
     finally:
         ray.shutdown()
     assert remote.failed == {} and remote.done == 2
-    a, b = finished_units(tiny_run), finished_units(copy)
+    a, b = unit_records(tiny_run).done(), unit_records(copy).done()
     for key in b:
         assert [r["score_after"] for r in a[key]] == [r["score_after"] for r in b[key]]
         assert [r["edit_norm"] for r in a[key]] == pytest.approx([r["edit_norm"] for r in b[key]], rel=1e-5)
@@ -279,7 +286,7 @@ def test_ray_pool_matches_the_local_stage(tiny_run, model, tmp_path):
 
 
 def test_choose_strengths_takes_the_best_mean_gain_and_the_weaker_on_ties():
-    from workflows.interventions import choose_strengths
+    from workflows.stages.interventions import choose_strengths
 
     table = [{"task": "saliency", "method": "closed-form", "strength": s, "gain": g}
              for s, g in ((16.0, 0.3), (4.0, 0.1), (8.0, 0.3))]
@@ -292,9 +299,9 @@ def test_calibration_chooses_strength_on_training_images(tiny_run, model, tmp_pa
 
     import pyarrow.parquet as pq
 
-    from workflows.animate import stage_settings
-    from workflows.config import ConfigError, RunConfig, intervention_config
-    from workflows.interventions import choose_strengths
+    from workflows.stages.animate import stage_settings
+    from workflows.config import ConfigError, from_dict
+    from workflows.stages.interventions import choose_strengths
 
     with pytest.raises(ValueError, match="unknown task.*colour"):
         small_cfg(calibrate={"colour": [2.0]})
@@ -303,7 +310,7 @@ def test_calibration_chooses_strength_on_training_images(tiny_run, model, tmp_pa
     with pytest.raises(ValueError, match="either a strength or calibrate"):
         small_cfg(strength={"saliency": 2.0}, calibrate={"saliency": [1.0]})
     with pytest.raises(ConfigError, match="chosen.*calibration"):
-        intervention_config(RunConfig(interventions={"chosen": {"saliency/paper": 2}}))
+        from_dict({"interventions": {"chosen": {"saliency/paper": 2}}})
     run = str(tmp_path / "run")
     shutil.copytree(tiny_run, run)
     cfg = small_cfg(tasks=("saliency",), methods=("closed-form", "random"), calibrate={"saliency": [1.0, 16.0]},
@@ -316,7 +323,7 @@ def test_calibration_chooses_strength_on_training_images(tiny_run, model, tmp_pa
     chosen = choose_strengths(table)["saliency/closed-form"]
     assert [r["strength"] for r in table if r["chosen"]] == [chosen]
     assert result.config.chosen == {"saliency/closed-form": chosen}
-    records = finished_units(run)
+    records = unit_records(run).done()
     calibrated = [k for k in records if k.startswith("calibration/")]
     assert sorted({records[k][0]["image"] for k in calibrated}) == [0, 1]  # training images only
     rows = pq.read_table(os.path.join(run, "interventions", "metrics.parquet")).to_pylist()

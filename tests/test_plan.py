@@ -4,7 +4,7 @@ import pytest
 
 from conftest import SHARED
 from workflows.config import load_config
-from workflows.plan import format_plan, plan_run
+from workflows.report.plan import format_plan, plan_run
 
 SPLITS = SHARED / "data" / "paper-splits"
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from workflows.figures import Series, heatmap_svg, line_chart_svg, ramp
-from workflows.report import COMMANDS, build_report, hook_order
+from workflows.report.figures import Series, heatmap_svg, line_chart_svg, ramp
+from workflows.report.page import COMMANDS, build_report, hook_order
 
 HOOKS = ["down_0_0", "mid_0", "up_1_0", "up_3_2"]
 COLUMNS = [m + s for m in ("dice", "r2_pos") for s in ("", "_lo", "_hi")]
@@ -49,7 +49,7 @@ def fake_metric_rows(steps: int = 4) -> list[dict]:
                     rows.append({"variant": variant, "hook": hook, "step": step, "target": target, "mode": "ours",
                                  **dict.fromkeys(COLUMNS), metric: v, f"{metric}_lo": v - 0.05,
                                  f"{metric}_hi": v + 0.05, "n_train": 30,
-                                 "n_test": 10, "error": None})
+                                 "n_test": 10, "error": None, "train_score": v + 0.05})
     for target, metric in (("saliency", "dice"), ("depth", "r2_pos")):
         rows.append({"variant": "position", "hook": "-", "step": -1, "target": target, "mode": "-",
                      **dict.fromkeys(COLUMNS), metric: 0.4,
@@ -84,7 +84,7 @@ def test_probes_only_output_shows_figures_and_says_what_is_missing(tmp_path):
     for target in ("saliency", "depth"):  # dice and R2 rise with step for the LDM
         best = re.search(rf"<td>{target}</td><td>ldm</td><td>(\w+)</td><td>(\d+)</td>", text)
         assert best and best.group(2) == "3", target
-    assert text.count(">n/a<") == 0
+    assert text.split("<h2>Tables</h2>")[1].count(">n/a<") == 0
 
 
 def test_best_probe_is_chosen_on_the_training_split(tmp_path):
@@ -97,8 +97,8 @@ def test_best_probe_is_chosen_on_the_training_split(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), out / "probes" / "metrics.parquet")
     text = build_report(str(out)).read_text()
     for target in ("saliency", "depth"):
-        best = re.search(rf"<td>{target}</td><td>ldm</td><td>(\w+)</td><td>(\d+)</td><td>(\w+)</td>", text)
-        assert best and best.group(2) == "1" and best.group(3) == "train", target
+        best = re.search(rf"<td>{target}</td><td>ldm</td><td>(\w+)</td><td>(\d+)</td>", text)
+        assert best and best.group(2) == "1", target
 
 
 def test_empty_folder_report(tmp_path):
@@ -116,8 +116,8 @@ def full_run_output(sd1_path, tmp_path_factory) -> str:
         return _FULL_RUN["out"]
     from test_interventions import build_tiny_run, fake_labelers, small_cfg
 
-    from workflows.animate import animate_run
-    from workflows.interventions import run_interventions
+    from workflows.stages.animate import animate_run
+    from workflows.stages.interventions import run_interventions
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_report import full_run_output
 
-from workflows.report import build_report
+from workflows.report.page import build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs Debian's "

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from workflows.targets import (
-    TargetSpec,
+from workflows.config import TargetSpec
+
+from probes.targets import (
     draw_translations,
     layer_targets,
     make_targets,

@@ -13,7 +13,8 @@ import zarr
 
 from workflows.demo import free_port, local_head
 from workflows.config import PromptsConfig, RunConfig
-from workflows.run import generate
+from workflows.ray.generate import shard_runner
+from workflows.stages.generate import generate
 from workflows.store import completion_records, read_manifest
 
 ray = pytest.importorskip("ray")
@@ -57,7 +58,7 @@ def test_multi_node_gpu_cluster_spreads_actors(sd1_path, prompts_file, tmp_path)
         cfg = RunConfig(model=str(sd1_path), steps=1, prompts=PromptsConfig(source="file", path=str(prompts_file)),
                         num_images=None, output=str(tmp_path / "run"), shard_size=1, batch_size=1, actors=None,
                         hooks=["mid_0"], progress_every=0.0)
-        result = generate(cfg)
+        result = generate(cfg, run_shards=shard_runner(cfg))
         assert result.ok and result.images == 4
         nodes = {r["node"] for r in completion_records(cfg.output).values()}
         assert len(nodes) == 2  # one actor per simulated GPU, on each node

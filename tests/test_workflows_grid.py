@@ -6,10 +6,10 @@ import zarr
 
 from ldm.errors import UserError
 from synthetic_run import build, fake_labelers
-from workflows.grid import (
+from workflows.stages.grid import (
     ProbeGroup, finished_groups, fit_group, load_probe, plan_groups, prepare_grid_data, read_metrics, run_grid,
 )
-from workflows.labels import label_shards, labelled_shards, read_labels
+from workflows.stages.labels import label_shards, labelled_shards, read_labels
 from workflows.store import open_store
 
 
@@ -82,7 +82,7 @@ def test_probe_weights_round_trip(run):
 def test_grid_resumes_without_refitting(run, monkeypatch):
     before = finished_groups(run)
     assert len(before) == 4
-    monkeypatch.setattr("workflows.grid.fit_group", lambda *a: pytest.fail("refit a finished group"))
+    monkeypatch.setattr("workflows.stages.grid.fit_group", lambda *a: pytest.fail("refit a finished group"))
     data = prepare_grid_data(run, n_boot=200)
     assert run_grid(run, plan_groups(run), data).num_rows == 18
 
@@ -108,7 +108,7 @@ def test_ray_grid_matches_local(run, tmp_path):
     """The Ray fan-out gives the same rows as the in-process grid."""
     import ray
 
-    from workflows.ray_grid import fit_groups_with_ray, label_with_ray
+    from workflows.ray.tasks import fit_groups_with_ray, label_with_ray
 
     output = str(tmp_path / "run")
     build(output)
@@ -131,7 +131,7 @@ def test_ray_grid_matches_local(run, tmp_path):
 
 def test_block_sum_scores_equal_the_full_scorers_and_controls_share_x_statistics(run):
     from probes.metrics import score_depth, score_saliency
-    from workflows.grid import GroupActs, fit_and_score, read_activations, score_prediction
+    from workflows.stages.grid import GroupActs, fit_and_score, read_activations, score_prediction
 
     data = prepare_grid_data(run, n_boot=50)
     every = read_activations(run, ProbeGroup("ldm", "good", 1), np.concatenate([data.train, data.test]))

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from workflows.config import RunConfig, PromptsConfig
-from workflows.prompts import PromptsError, build_plan, hash_split, read_rows
+from workflows.stages.prompts import PromptsError, build_plan, hash_split, read_rows
 
 SPLITS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "paper-splits"
 

@@ -11,8 +11,9 @@ import pytest
 import zarr
 
 from workflows.config import PromptsConfig, RunConfig
-from workflows.prompts import build_plan
-from workflows.run import generate
+from workflows.stages.prompts import build_plan
+from workflows.ray.generate import shard_runner
+from workflows.stages.generate import generate
 from workflows.store import completion_records, read_manifest, shard_states
 
 ray = pytest.importorskip("ray")
@@ -63,7 +64,7 @@ def clean(cluster, sd1_path, prompts_file, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = generate(cfg, use_ray=False)
+        result = generate(cfg, run_shards=shard_runner(cfg))
     finally:
         torch.set_num_threads(threads)
     assert result.ok and result.images == 8
@@ -80,7 +81,7 @@ def test_sigkill_mid_shard_is_retried_on_another_actor(clean, sd1_path, prompts_
     seed = build_plan(cfg).seeds[3]  # image 3: the second batch of shard 1, so image 2 is already written
     (control / f"pause-{seed}").touch()
     outcome = {}
-    worker = threading.Thread(target=lambda: outcome.setdefault("result", generate(cfg)))
+    worker = threading.Thread(target=lambda: outcome.setdefault("result", generate(cfg, run_shards=shard_runner(cfg))))
     worker.start()
     try:
         deadline = time.monotonic() + 90
@@ -111,13 +112,13 @@ def test_failed_shard_ends_nonzero_and_resume_regenerates_it(clean, sd1_path, pr
     seed = build_plan(cfg).seeds[4]
     (control / f"fail-{seed}").touch()  # shard 2 (images 4, 5) fails on every attempt
     try:
-        result = generate(cfg)
+        result = generate(cfg, run_shards=shard_runner(cfg))
     finally:
         (control / f"fail-{seed}").unlink()
     assert not result.ok and result.failed_shards == [2] and result.complete == 6
     assert shard_states(cfg.output) == ["complete", "complete", "failed", "complete"]
     kept = {k: r["pid"] for k, r in completion_records(cfg.output).items()}
-    result = generate(cfg, resume=True)
+    result = generate(cfg, resume=True, run_shards=shard_runner(cfg))
     assert result.ok and result.images == 2
     records = completion_records(cfg.output)
     assert {k: r["pid"] for k, r in records.items() if k != 2} == kept  # only the failed shard was regenerated

@@ -14,7 +14,8 @@ import zarr
 from ldm.capture import ArraySink, capture
 from ldm.loading import load_model
 from workflows.config import RunConfig, PromptsConfig
-from workflows.run import generate, main
+from workflows.run import main
+from workflows.stages.generate import generate
 from workflows.store import RunExistsError, completion_records, complete_images, shard_states
 
 PROMPTS = ["a red cube", "a blue ball", "a green cone, left", "two cubes", "a ball", "a cone"]
@@ -48,7 +49,7 @@ def make_cfg(sd1_path, prompts_file, output, **kw) -> RunConfig:
 @pytest.fixture(scope="module")
 def clean(sd1_path, prompts_file, tmp_path_factory):
     cfg = make_cfg(sd1_path, prompts_file, tmp_path_factory.mktemp("clean") / "run")
-    result = generate(cfg, use_ray=False)
+    result = generate(cfg)
     assert result.ok and result.images == 6
     return cfg
 
@@ -99,10 +100,10 @@ def test_refuses_a_different_run_and_names_the_fields(clean):
     other = RunConfig(**{**clean.__dict__, "steps": 3, "guidance_scale": 5.0})
     with pytest.raises(RunExistsError, match=r"different run; fields that differ: guidance_scale: stored 7.5, given 5.0; "
                                              r"steps: stored 2, given 3"):
-        generate(other, resume=True, use_ray=False)
+        generate(other, resume=True)
     with pytest.raises(RunExistsError, match=r"already holds this run \(3 of 3 shards complete\); pass --resume"):
-        generate(clean, use_ray=False)
-    result = generate(clean, resume=True, use_ray=False)  # nothing left to do
+        generate(clean)
+    result = generate(clean, resume=True)  # nothing left to do
     assert result.ok and result.images == 0
 
 
@@ -121,7 +122,7 @@ def test_resume_regenerates_exactly_missing_and_failed_shards(clean, tmp_path):
     root["acts/up_1_0/act"][2:6] = np.nan
     assert shard_states(str(out)) == ["complete", "pending", "failed"]
     kept = (out / "shards" / "000000.json").read_bytes()
-    result = generate(cfg, resume=True, use_ray=False)
+    result = generate(cfg, resume=True)
     assert result.ok and result.images == 4  # shards 1 and 2 only
     assert (out / "shards" / "000000.json").read_bytes() == kept
     assert not (out / "shards" / "000002.failed.json").exists()
@@ -140,7 +141,7 @@ def test_disk_full_mid_write_leaves_shard_incomplete_and_nothing_else_damaged(cl
         return await real_set(self, key, value)
 
     monkeypatch.setattr(zarr.storage.LocalStore, "set", full_disk)
-    result = generate(cfg, use_ray=False)
+    result = generate(cfg)
     assert not result.ok and result.failed_shards == [1] and result.complete == 4
     assert shard_states(cfg.output) == ["complete", "failed", "complete"]
     failure = json.loads((tmp_path / "run" / "shards" / "000001.failed.json").read_text())
@@ -148,7 +149,7 @@ def test_disk_full_mid_write_leaves_shard_incomplete_and_nothing_else_damaged(cl
     status = {r["image"]: r["status"] for r in pq.read_table(tmp_path / "run" / "manifest.parquet").to_pylist()}
     assert status == {0: "complete", 1: "complete", 2: "failed", 3: "failed", 4: "complete", 5: "complete"}
     monkeypatch.undo()
-    result = generate(cfg, resume=True, use_ray=False)
+    result = generate(cfg, resume=True)
     assert result.ok and result.images == 2
     clean_data, data = read_all(clean.output), read_all(cfg.output)
     for name in clean_data:
@@ -157,7 +158,7 @@ def test_disk_full_mid_write_leaves_shard_incomplete_and_nothing_else_damaged(cl
 
 def test_fsspec_url_output(clean):
     cfg = RunConfig(**{**clean.__dict__, "output": "memory://sceneprobe-test/run", "hooks": ["mid_0"]})
-    result = generate(cfg, use_ray=False)
+    result = generate(cfg)
     assert result.ok
     root = zarr.open_group("memory://sceneprobe-test/run/store.zarr", mode="r")
     np.testing.assert_array_equal(root["acts/mid_0/act"][:], read_all(clean.output)["mid_0"])
@@ -183,11 +184,12 @@ def test_status_command(clean, capsys):
 
 def test_relative_output_is_refused_inside_a_submitted_job(clean, monkeypatch):
     from workflows.config import ConfigError
+    from workflows.pipeline import check_before_start
 
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray sets for a `ray job submit` entrypoint
     cfg = RunConfig(**{**clean.__dict__, "output": "runs/relative"})
     with pytest.raises(ConfigError, match="absolute path or a URL"):
-        generate(cfg, use_ray=False)
+        check_before_start(cfg, ("generate",), resume=False)
 
 
 def test_take_images_matches_orthogonal_selection(tmp_path):

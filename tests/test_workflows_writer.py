@@ -12,9 +12,9 @@ import zarr
 
 from synthetic_run import C, H, STEPS, W, h, w
 from workflows.config import PromptsConfig, RunConfig
-from workflows.prompts import Plan
-from workflows.shardfile import direct_compressor, write_shard
-from workflows.staging import HostStaging
+from workflows.store import Plan
+from workflows.store.shardfile import direct_compressor, write_shard
+from workflows.store.staging import HostStaging
 from workflows.store import Layout, ShardWriter, create_store, open_store
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from workflows.config import METHODS
+
 
 def cmd_hooks(args: argparse.Namespace) -> int:
     """Print the hook table of a model without loading its weights."""
@@ -28,7 +30,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     """Print store sizes, probe counts and (with measured costs) device-hours of a run config."""
     from workflows.config import load_config
-    from workflows.plan import format_plan, load_costs, plan_run
+    from workflows.report.plan import format_plan, load_costs, plan_run
 
     cfg = load_config(args.config, args.set)
     print(format_plan(cfg, plan_run(cfg, costs=load_costs(args.costs))))
@@ -39,7 +41,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
     """The moving-object animation: slide a test image's salient mask across the frame with edits (a GIF)."""
     from dataclasses import replace
 
-    from workflows.animate import GIF, animate_run, stage_settings
+    from workflows.stages.animate import GIF, animate_run, stage_settings
 
     given = {"saliency_steps": args.steps, "saliency_hooks": args.hooks, "strength": args.strength}
     if args.strength is not None:  # a given strength replaces the stage's calibrated one
@@ -49,6 +51,18 @@ def cmd_animate(args: argparse.Namespace) -> int:
                        method=args.method, cfg=cfg, out=args.out, device=args.device)
     print(f"{args.out or args.run.rstrip('/') + '/' + GIF}: image {anim.image} ({anim.prompt!r}, seed {anim.seed}), "
           f"{len(anim.frames)} frames, {anim.method} edits")
+    return 0
+
+
+def cmd_findings(args: argparse.Namespace) -> int:
+    """The headline comparison of a probed run, as Markdown (and the curves as SVG with --svg)."""
+    from workflows.report.findings import format_findings, write_finding_charts
+    from workflows.stages.grid import read_metrics
+
+    rows = read_metrics(args.run).to_pylist()
+    print(format_findings(rows, args.margin))
+    for path in write_finding_charts(rows, args.svg) if args.svg else []:
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -104,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--frames", type=int, default=12)
     animate.add_argument("--extent", type=float, default=0.3, help="slide from -extent to +extent of the frame")
     animate.add_argument("--axis", choices=("x", "y"), default="x")
-    animate.add_argument("--method", choices=("closed-form", "paper", "random"), default="closed-form")
+    animate.add_argument("--method", choices=METHODS, default="closed-form")
     animate.add_argument("--steps", type=lambda v: [int(s) for s in v.split(",")], default=None,
                          help="edited steps, e.g. 0,1,2,3,4 (default: the run's interventions settings)")
     animate.add_argument("--hooks", type=lambda v: v if v == "all" else v.split(","), default=None,
@@ -114,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--out", default=None, help="GIF path (default: <run>/interventions/moving_object.gif)")
     animate.add_argument("--device", default="auto")
     animate.set_defaults(func=cmd_animate)
+
+    findings = sub.add_parser("findings", help="the LDM's best layer against the controls, step by step (Markdown)")
+    findings.add_argument("run", help="a run's output location whose probe stage is done")
+    findings.add_argument("--margin", type=float, default=0.15, help="the claim's margin over each control")
+    findings.add_argument("--svg", default="", help="also write the curves as SVG-<target>.svg")
+    findings.set_defaults(func=cmd_findings)
 
     toy = sub.add_parser("toy", help="the embedded toy world: retrain it, measure it").add_subparsers(
         dest="toy_command", required=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ldm.errors import UserError
+from workflows.store.paths import CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 HEAD_LOG_LINES = 15  # lines of the head's own output shown when it does not come up
@@ -120,7 +121,7 @@ def _wait_for_head(url: str, head: subprocess.Popen, log: Path, seconds: float) 
 def run_demo(config: str = "configs/demo.yaml", output: str = "runs/demo", num_cpus: int | None = None) -> int:
     """Submit `config` to a fresh local head; returns the job's exit status. Prints the report's path."""
     output = str((REPO / output).resolve()) if "://" not in output else output
-    resume = ["--resume"] if Path(output, "config.yaml").exists() else []
+    resume = ["--resume"] if Path(output, CONFIG).exists() else []
     with local_head(num_cpus) as head:
         print(f"local Ray head on 127.0.0.1 (dashboard {head.url}); submitting {config} -> {output}", flush=True)
         job = subprocess.run(

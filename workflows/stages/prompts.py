@@ -10,11 +10,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from ldm.errors import UserError
 from workflows.config import RunConfig
+from workflows.store import Plan
 
 PROMPT_COLUMNS = ("prompt", "prompts")
 SEED_COLUMNS = ("seed", "seeds")
@@ -23,21 +23,6 @@ SPLITS = ("train", "test")
 
 class PromptsError(UserError):
     """A prompts source that cannot be used; the message names the file, column or rows."""
-
-
-@dataclass
-class Plan:
-    """Columns of the run's items; image id i is (prompts[i], seeds[i], splits[i])."""
-
-    prompts: list[str]
-    seeds: list[int]
-    splits: list[str]
-
-    def __len__(self) -> int:
-        return len(self.seeds)
-
-    def count(self, split: str) -> int:
-        return sum(s == split for s in self.splits)
 
 
 def read_rows(path: str | Path) -> list[dict]:

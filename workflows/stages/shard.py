@@ -1,6 +1,6 @@
 """Generate one work shard: images plus every captured activation, streamed straight into the store.
 
-Plain functions, no Ray: `workflows.ray_generate` runs `generate_shard` inside actors, and `generate_local` runs a whole
+Plain functions, no Ray: `workflows.ray.generate` runs `generate_shard` inside actors, and `generate_local` runs a whole
 run in this process (tests, debugging, a single machine without Ray).
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from workflows.config import ConfigError, RunConfig
-from workflows.prompts import Plan
+from workflows.store import Plan
 from workflows.store import Layout, ShardWriter, shard_ranges
 
 

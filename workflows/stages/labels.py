@@ -8,18 +8,20 @@ where it stopped and parallel tasks never write the same file. A store labelled 
 
 from __future__ import annotations
 
-import json
-import posixpath
-from collections.abc import Callable, Sequence
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TextIO
 
-import fsspec
 import numpy as np
 
 from ldm.errors import UserError
 from ldm.labelers import Labeler, load_depth_labeler, load_saliency_labeler
-from workflows.store import completion_records, load_run_config, open_store, shard_ranges, take_images, write_atomic
-
-TARGETS = ("saliency", "depth")
+from workflows.config import TARGETS, RunConfig
+from workflows.store import (Records, completion_records, load_run_config, open_store, require_run, shard_ranges,
+                             take_images)
+from workflows.store.paths import label_records, labels, shard_key
 
 
 def load_labeler(target: str, kind: str = "toy", checkpoint: str | None = None, device: str = "cpu",
@@ -32,16 +34,11 @@ def load_labeler(target: str, kind: str = "toy", checkpoint: str | None = None, 
 
 
 def labelled_shards(output: str, target: str) -> set[int]:
-    fs, root = fsspec.core.url_to_fs(output)
-    try:
-        names = fs.ls(posixpath.join(root, "label_records", target), detail=False)
-    except FileNotFoundError:
-        return set()
-    return {int(posixpath.basename(n)[:-5]) for n in names if n.endswith(".json") and ".tmp-" not in n}
+    return {int(key) for key in Records(output, label_records(target)).done()}
 
 
 def _label_array(root, target: str, labeler: Labeler, n: int, height: int, width: int, chunk: int):
-    path = f"labels/{target}"
+    path = labels(target)
     if path in root:
         arr = root[path]
         stored = arr.attrs.get("version")
@@ -75,7 +72,7 @@ def label_shards(output: str, target: str, labeler: Labeler, shards: Sequence[in
         start, stop = ranges[shard]
         array[start:stop] = labeler(images[start:stop])
         record = {"shard": shard, "labeler": labeler.name, "version": labeler.version}
-        write_atomic(output, f"label_records/{target}/{shard:06d}.json", json.dumps(record).encode())
+        Records(output, label_records(target)).write(shard_key(shard), record)
         if on_shard:
             on_shard(shard, stop - start)
     return todo
@@ -84,9 +81,9 @@ def label_shards(output: str, target: str, labeler: Labeler, shards: Sequence[in
 def read_labels(output: str, target: str, images: np.ndarray | None = None) -> np.ndarray:
     """Labels `(image, H, W)` float32 for `images` (indices; default all). Raises naming any image without labels."""
     root = open_store(output)
-    if f"labels/{target}" not in root:
+    if labels(target) not in root:
         raise UserError(f"no {target} labels in {output}; run the label stage first (`sceneprobe label CONFIG`)")
-    array = root[f"labels/{target}"]
+    array = root[labels(target)]
     index = np.arange(array.shape[0]) if images is None else np.asarray(images)
     cfg = load_run_config(output)
     done = labelled_shards(output, target)
@@ -95,3 +92,30 @@ def read_labels(output: str, target: str, images: np.ndarray | None = None) -> n
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise UserError(f"{len(missing)} images have no {target} labels (images {shown}); run the label stage")
     return take_images(array, index)
+
+
+# label_many(target, todo) -> iterable of the shards labelled, batch by batch as they finish
+LabelRunner = Callable[[str, list[int]], Iterable[list[int]]]
+
+
+def labeler_spec(cfg: RunConfig, target: str) -> dict:
+    """`load_labeler` arguments for `target` from the run config."""
+    return {**dataclasses.asdict(getattr(cfg.labels, target)), "device": cfg.labels.device}
+
+
+def label_run(cfg: RunConfig, label_many: LabelRunner | None = None, stream: TextIO | None = None) -> dict[str, int]:
+    """Label every complete, unlabelled shard for each probe target; returns the shards labelled now per target.
+    `label_many` executes the labelling (`workflows.ray.tasks.label_runner`); default: this process."""
+    require_run(cfg, "label")
+    stream = stream or sys.stderr
+    counts = {}
+    for target in cfg.probes.targets:
+        todo = sorted(set(completion_records(cfg.output)) - labelled_shards(cfg.output, target))
+        start = time.monotonic()
+        if label_many is not None and todo:
+            done = [s for batch in label_many(target, todo) for s in batch]
+        else:
+            done = label_shards(cfg.output, target, load_labeler(target, **labeler_spec(cfg, target)), todo)
+        counts[target] = len(done)
+        print(f"labels {target}: {len(done)} shards labelled in {time.monotonic() - start:.1f}s", file=stream, flush=True)
+    return counts

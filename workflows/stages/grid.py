@@ -4,40 +4,38 @@ Work is grouped by (variant, hook, step): a group reads one `(image, h, w, c)` s
 target on it (plus the shuffled-label control for the model itself). Each finished group leaves its probe weights
 (`probes/weights/<variant>/<hook>/step<NN>.safetensors`) and then its metric rows (`probes/rows/...json`, written last:
 the group's completion record); `probes/metrics.parquet` is assembled from the rows, so a killed grid resumes by
-skipping groups that have rows. The Ray wrapper (`workflows.ray_grid`) only schedules `fit_group` calls.
+skipping groups that have rows. The Ray wrapper (`workflows.ray.tasks`) only schedules `fit_group` calls.
 """
 
 from __future__ import annotations
 
-import json
-import posixpath
+import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TextIO
 
-import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 from scipy.stats import rankdata
 
 from ldm.errors import UserError
-from probes.baselines import fit_control_probe, position_map, position_prediction, with_position
-from probes.chunks import NonFiniteError, StandardisedBlocks
+from probes.baselines import fit_control_probe, position_prediction
+from probes.chunks import NonFiniteError
 from probes.fit import fit_probe
 from probes.linear import LinearProbe
 from probes.metrics import (
-    BlockTruth, DepthScaler, Scores, block_truth, bootstrap_many, depth_metrics, depth_truth_ranks, dice_iou,
-    score_depth, score_saliency, upsampled_depth_metrics, upsampled_saliency_metrics,
+    Scores, bootstrap_many, depth_metrics, dice_iou, score_depth, score_saliency, upsampled_depth_metrics,
+    upsampled_saliency_metrics,
 )
-from probes.resample import downsample_area
-from workflows.labels import labelled_shards, read_labels
-from workflows.store import (
-    complete_images, load_layout, load_plan, load_run_config, open_store, read_file, take_images, write_atomic,
-)
+from workflows.config import RunConfig
+from workflows.stages.generate import control_configs
+from workflows.stages.grid_data import GridData, GroupActs, prepare_grid_data
+from workflows.stages.progress import Progress
+from workflows.store import Records, load_layout, require_run, open_store, read_file, read_table, take_images, write_atomic, write_table
+from workflows.store.paths import PROBE_METRICS, PROBE_ROWS, activations, probe_weights, variant_output
 
 METRIC_NAMES = {  # probes.metrics keys -> metrics.parquet columns (docs/CONTRACTS.md)
     "dice_fg": "dice", "dice_bg": "dice_bg", "iou": "iou",
@@ -63,120 +61,6 @@ class ProbeGroup:
     @property
     def path(self) -> str:
         return f"{self.variant}/{self.hook}/step{self.step:02d}"
-
-
-@dataclass
-class GridData:
-    """Labels prepared once for the whole grid: saliency masks in {0, 1}, depth standardised with the training split.
-
-    train/test: image indices `(image,)`; labels[target] = (train `(image, H, W)`, test `(image, H, W)`).
-    """
-
-    train: np.ndarray
-    test: np.ndarray
-    labels: dict[str, tuple[np.ndarray, np.ndarray]]
-    mean_maps: dict[str, np.ndarray]
-    depth_scaler: DepthScaler | None
-    mode: str = "ours"
-    seed: int = 0
-    n_boot: int = 1000
-    _memo: dict[tuple, np.ndarray | dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
-
-    def _once(self, key: tuple, make: Callable[[], Any]) -> Any:
-        if key not in self._memo:
-            self._memo[key] = make()
-        return self._memo[key]
-
-    def depth_ranks(self, h: int, w: int) -> dict[str, np.ndarray]:
-        """Test depth's ranks for Spearman at a layer shape (`metrics.depth_truth_ranks`), computed once per shape."""
-        return self._once(("ranks", h, w), lambda: depth_truth_ranks(self.labels["depth"][1], h, w))
-
-    def area_labels(self, target: str, h: int, w: int, split: int = 0) -> np.ndarray:
-        """Training (split 0) or test (1) labels area-averaged to a layer's (h, w), once per shape."""
-        return self._once(("area", target, split, h, w), lambda: downsample_area(self.labels[target][split], h, w))
-
-    def block_truth(self, target: str, h: int, w: int, split: int) -> BlockTruth:
-        """The labels' block sums for image-resolution scores of (h, w) predictions (`metrics.block_truth`)."""
-        mean_map = self.mean_maps["depth"] if target == "depth" else None
-        return self._once(("blocks", target, split, h, w),
-                          lambda: block_truth(self.labels[target][split], h, w, mean_map))
-
-    def mean_map_at(self, target: str, h: int, w: int) -> np.ndarray:
-        """The training mean label map area-averaged to (h, w)."""
-        return self._once(("map", target, h, w), lambda: downsample_area(self.mean_maps[target][None], h, w)[0])
-
-    def fit_labels(self, target: str, h: int, w: int) -> np.ndarray:
-        """Training labels as a probe fit takes them: at the layer's (h, w) for our probes (which fit at layer
-        resolution); at image resolution for the paper's trainer, which upsamples."""
-        return self.area_labels(target, h, w) if self.mode == "ours" else self.labels[target][0]
-
-
-class GroupActs:
-    """One group's training and test activations `(image, h, w, c)`, and what the probes fit on them share, built
-    on first use: the standardised blocks of our probes (four fits read the same activations, two more the
-    position-augmented ones) and the activations with the mean depth map appended (`baselines.with_position`)."""
-
-    def __init__(self, train: np.ndarray, test: np.ndarray, data: GridData):
-        self.train, self.test, self.data = train, test, data
-        self._blocks: dict[bool, StandardisedBlocks] = {}
-        self._positioned: tuple[np.ndarray, np.ndarray] | None = None
-
-    def positioned(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._positioned is None:
-            m = self.data.mean_maps["depth"]
-            self._positioned = (with_position(self.train, m), with_position(self.test, m))
-        return self._positioned
-
-    def fit_kwargs(self, positioned: bool = False) -> dict[str, Any]:
-        """Keyword arguments for `fit_probe` on the training activations (or their positioned version)."""
-        if self.data.mode != "ours":
-            return {}
-        if positioned not in self._blocks:
-            acts = self.positioned()[0] if positioned else self.train
-            self._blocks[positioned] = StandardisedBlocks.with_stats(acts)
-        return {"blocks": self._blocks[positioned]}
-
-
-def variant_output(output: str, variant: str) -> str:
-    """Where a variant's activations live: the run itself, or a whole run store under variants/."""
-    return output if variant == "ldm" else posixpath.join(output, "variants", variant)
-
-
-def usable_images(output: str, targets: tuple[str, ...], variants: tuple[str, ...]) -> np.ndarray:
-    """Boolean `(image,)`: generated in every variant and labelled for every target."""
-    ok = complete_images(output)
-    for variant in variants:
-        if variant != "ldm":
-            ok &= complete_images(variant_output(output, variant))
-    shard_of = np.arange(len(ok)) // load_run_config(output).shard_size
-    for target in targets:
-        ok &= np.isin(shard_of, sorted(labelled_shards(output, target)))
-    return ok
-
-
-def prepare_grid_data(output: str, targets: tuple[str, ...] = ("saliency", "depth"),
-                      variants: tuple[str, ...] = ("ldm",), mode: str = "ours", seed: int = 0,
-                      n_boot: int = 1000) -> GridData:
-    """Split usable images by the manifest's split and load their labels. Test images never shape a fit."""
-    ok = usable_images(output, targets, variants)
-    split = np.asarray(load_plan(output).splits)
-    train, test = np.flatnonzero(ok & (split == "train")), np.flatnonzero(ok & (split == "test"))
-    if len(train) < 2 or len(test) < 1:
-        raise UserError(
-            f"the probe grid needs >= 2 training and >= 1 test images with activations and labels; have "
-            f"{len(train)} train, {len(test)} test. Run the generate and label stages first"
-        )
-    labels, maps, scaler = {}, {}, None
-    for target in targets:
-        tr, te = read_labels(output, target, train), read_labels(output, target, test)
-        if target == "saliency":  # any confident foreground pixel counts, as the paper binarises TRACER's map
-            tr, te = (tr > 0.5).astype(np.float32), (te > 0.5).astype(np.float32)
-        else:
-            scaler = DepthScaler.fit(tr)
-            tr, te = scaler.transform(tr), scaler.transform(te)
-        labels[target] = (tr, te)
-        maps[target] = position_map(tr)
-    return GridData(train, test, labels, maps, scaler, mode, seed, n_boot)
 
 
 def _metric_columns(scores: Scores) -> dict[str, float]:
@@ -274,7 +158,7 @@ def fit_and_score(acts: GroupActs, target: str, data: GridData,
 def read_activations(output: str, group: ProbeGroup, images: np.ndarray) -> np.ndarray:
     """`(image, h, w, c)` activations of one (hook, step) for the given images: reads only that step's chunks."""
     root = open_store(variant_output(output, group.variant))
-    name = f"acts/{group.hook}/act"
+    name = activations(group.hook)
     if name not in root:
         have = sorted(k for k in root["acts"].group_keys()) if "acts" in root else []
         raise UserError(f"hook {group.hook!r} is not in the store of variant {group.variant!r}; stored: {', '.join(have)}")
@@ -298,8 +182,8 @@ def fit_group(output: str, group: ProbeGroup, data: GridData) -> list[dict]:
                              n_train=len(data.train), n_test=len(data.test), **metrics))
             if probe is not None:
                 weights.update({f"{variant}/{target}/{k}": v for k, v in probe.to_dict().items()})
-    write_atomic(output, f"probes/weights/{group.path}.safetensors", save_safetensors(weights))
-    write_atomic(output, f"probes/rows/{group.path}.json", json.dumps(rows, default=float).encode())
+    write_atomic(output, probe_weights(group.path), save_safetensors(weights))
+    Records(output, PROBE_ROWS).write(group.path, rows)
     return rows
 
 
@@ -334,40 +218,26 @@ def plan_groups(output: str, variants: tuple[str, ...] = ("ldm",), hooks: list[s
 
 def finished_groups(output: str) -> dict[str, list[dict]]:
     """{group path: rows} for groups whose rows record exists."""
-    fs, root = fsspec.core.url_to_fs(output)
-    base = posixpath.join(root, "probes", "rows")
-    try:
-        files = fs.find(base)
-    except FileNotFoundError:
-        return {}
-    out = {}
-    for file in files:
-        if file.endswith(".json") and ".tmp-" not in file:
-            out[posixpath.relpath(file, base)[: -len(".json")]] = json.loads(fs.cat_file(file))
-    return out
+    return Records(output, PROBE_ROWS).done()
 
 
 def write_metrics(output: str, rows: list[dict]) -> pa.Table:
     """Write `probes/metrics.parquet` (atomically) from all rows; columns per docs/CONTRACTS.md."""
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    write_atomic(output, "probes/metrics.parquet", sink.getvalue().to_pybytes())
-    return table
+    return write_table(output, PROBE_METRICS, pa.Table.from_pylist(rows, schema=SCHEMA))
 
 
 def read_metrics(output: str):
     """`probes/metrics.parquet` as a pandas-free pyarrow Table."""
-    data = read_file(output, "probes/metrics.parquet")
-    if data is None:
+    table = read_table(output, PROBE_METRICS)
+    if table is None:
         raise UserError(f"no probe metrics in {output}; run the probe stage first (`sceneprobe probe CONFIG`)")
-    return pq.read_table(pa.BufferReader(data))
+    return table
 
 
 def load_probe(output: str, variant: str, target: str, hook: str, step: int) -> LinearProbe:
     """A fitted probe from the grid's weights."""
     group = ProbeGroup("ldm" if variant == "shuffled" else variant, hook, step)
-    data = read_file(output, f"probes/weights/{group.path}.safetensors")
+    data = read_file(output, probe_weights(group.path))
     if data is None:
         raise UserError(f"no fitted probe for {variant} {hook} step {step}; run the probe stage for it first")
     tensors = load_safetensors(data)
@@ -378,13 +248,16 @@ def load_probe(output: str, variant: str, target: str, hook: str, step: int) -> 
     return LinearProbe.from_dict(fields)
 
 
-def run_grid(output: str, groups: list[ProbeGroup], data: GridData,
-             fit_many: Callable[[list[ProbeGroup]], Iterable[tuple[ProbeGroup, list[dict]]]] | None = None,
+# fit_many(groups) yields (group, rows) as groups finish, in any order
+FitMany = Callable[[list[ProbeGroup]], Iterable[tuple[ProbeGroup, list[dict]]]]
+
+
+def run_grid(output: str, groups: list[ProbeGroup], data: GridData, fit_many: FitMany | None = None,
              progress: Callable[[int], None] | None = None) -> pa.Table:
     """Fit the groups not yet finished, then assemble metrics.parquet from every group's rows.
 
     fit_many(todo) yields (group, rows) as groups finish, in any order; default: one after another in this process
-    (`workflows.ray_grid` passes one that fans out to Ray tasks).
+    (`workflows.ray.tasks` passes one that fans out to Ray tasks).
     """
     done = finished_groups(output)
     todo = [g for g in groups if g.path not in done]
@@ -397,3 +270,21 @@ def run_grid(output: str, groups: list[ProbeGroup], data: GridData,
             progress(1)
     rows = [row for group in groups for row in done[group.path]] + position_rows(data)
     return write_metrics(output, rows)
+
+
+def probe_run(cfg: RunConfig, fitter: Callable[[GridData], FitMany] | None = None,
+              stream: TextIO | None = None) -> pa.Table:
+    """Fit and score the probe grid for the main model and its control variants; returns the metrics table.
+    `fitter(data)` makes the executor of the groups (`workflows.ray.tasks.fit_groups_with_ray`); default: here."""
+    require_run(cfg, "probe")
+    stream = stream or sys.stderr
+    p = cfg.probes
+    variants = ("ldm",) + tuple(v for v in p.controls if v in control_configs(cfg))
+    data = prepare_grid_data(cfg.output, tuple(p.targets), variants, p.mode, p.seed, p.bootstrap)
+    groups = plan_groups(cfg.output, variants, p.hooks, p.steps)
+    progress = Progress(total=len(groups), unit="probe groups", every=cfg.progress_every, stream=stream)
+    table = run_grid(cfg.output, groups, data, fit_many=fitter(data) if fitter else None, progress=progress.update)
+    progress.update(force=True)
+    print(f"probes: {table.num_rows} probes scored on {len(data.test)} test images -> "
+          f"{cfg.output}/{PROBE_METRICS}", file=stream, flush=True)
+    return table

@@ -1,7 +1,4 @@
-"""Run configuration: one YAML or TOML file describes a whole generation run.
-
-A config is a small tree of dataclasses. `load_config` reads a file, applies `--set key=value` overrides and validates
-every field; a bad key names the key and lists the valid ones, a bad value names the field and what it accepts.
+"""The run config: one tree of dataclasses, defaults in one place, and the checks across fields.
 
 Fields that decide *what* is generated (model, prompts, steps, hooks, ...) are compared when a run is resumed: an output
 location that holds a different run refuses to continue and lists the fields that differ. Fields that only decide *how*
@@ -10,24 +7,11 @@ it runs (actors, GPUs per actor, retries, progress interval) may change between 
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import yaml
-
-from ldm.errors import UserError
-
-
-class ConfigError(UserError):
-    """A config file or value that cannot be used; the message says which field and why."""
-
-
-STAGES = ("generate", "controls", "label", "probe", "intervene", "report")  # in the order a run chains them
-
+from workflows.config.interventions import InterventionConfig
+from workflows.config.names import EXTRAS, STAGES, TARGETS
+from workflows.config.schema import ConfigError, flatten, to_dict
 
 @dataclass
 class PromptsConfig:
@@ -73,7 +57,7 @@ class LabelsConfig:
 class ProbesConfig:
     """The probe grid: one probe per (variant, hook, step, target), plus controls."""
 
-    targets: list[str] = field(default_factory=lambda: ["saliency", "depth"])
+    targets: list[str] = field(default_factory=lambda: list(TARGETS))
     mode: str = "ours"  # "ours" (regularised ridge/logistic, alpha on a validation split) or "paper" (Adam, 30 epochs)
     hooks: list[str] | None = None  # None: every recorded hook point and extra
     steps: list[int] | None = None  # None: every step
@@ -119,7 +103,7 @@ class RunConfig:
     # later stages (they never change the generated data)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
-    interventions: dict[str, Any] = field(default_factory=dict)  # fields of workflows.interventions.InterventionConfig
+    interventions: InterventionConfig = field(default_factory=InterventionConfig)
     stages: list[str] = field(default_factory=lambda: list(STAGES))
 
 
@@ -131,76 +115,12 @@ STAGE_SECTIONS = ("labels.", "probes.", "interventions", "stages")
 _CHOICES = {
     "prompts.source": ("toy", "file"),
     "compression": ("zstd", "none"),
-    "extras": ("latent", "x0", "vae_mid"),
-    "probes.targets": ("saliency", "depth"),
+    "extras": EXTRAS,
+    "probes.targets": TARGETS,
     "probes.mode": ("ours", "paper"),
     "probes.controls": ("permuted",),
     "stages": STAGES,
 }
-
-
-def _field_types(cls) -> dict[str, Any]:
-    import typing
-
-    return typing.get_type_hints(cls)
-
-
-def _coerce(name: str, value: Any, typ: Any) -> Any:
-    """Check `value` against the annotation `typ` (the few kinds a config uses) and return it, converted if harmless."""
-    import types
-    import typing
-
-    origin = typing.get_origin(typ)
-    if origin in (types.UnionType, typing.Union):
-        args = typing.get_args(typ)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(name, value, inner[0])
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
-        (item,) = typing.get_args(typ)
-        return [_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-        return value
-    if typ is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {value!r}")
-        return value
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        return value
-    if typ is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
-        return float(value)
-    if typ is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config annotation {typ!r} for {name}")
-
-
-def _build(cls, data: dict[str, Any], prefix: str = ""):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
-    types_ = _field_types(cls)
-    valid = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        name = prefix + str(key)
-        if key not in valid:
-            raise ConfigError(f"unknown config key {name!r}; valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: "
-                              + ", ".join(valid))
-        if dataclasses.is_dataclass(types_[key]):
-            kwargs[key] = _build(types_[key], value, name + ".")
-        else:
-            kwargs[key] = _coerce(name, value, types_[key])
-    return cls(**kwargs)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -247,97 +167,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"probes.bootstrap must be >= 10, got {cfg.probes.bootstrap}")
     if cfg.labels.shards_per_task < 1:
         raise ConfigError(f"labels.shards_per_task must be >= 1, got {cfg.labels.shards_per_task}")
-    intervention_config(cfg)
     return cfg
 
-
-def intervention_config(cfg: RunConfig):
-    """The `interventions` section as a validated `InterventionConfig`; a bad key or value names it."""
-    from workflows.interventions import InterventionConfig
-
-    valid = ", ".join(f.name for f in dataclasses.fields(InterventionConfig) if f.name != "chosen")
-    if "chosen" in cfg.interventions:
-        raise ConfigError("interventions: 'chosen' is set by the calibration (interventions.calibrate), not in a "
-                          f"config; valid keys in interventions: {valid}")
-    try:
-        return InterventionConfig(**cfg.interventions)
-    except TypeError as err:
-        raise ConfigError(f"interventions: {err}; valid keys in interventions: {valid}") from None
-    except ValueError as err:
-        raise ConfigError(f"interventions: {err}") from None
-
-
-def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def from_dict(data: dict[str, Any]) -> RunConfig:
-    return validate(_build(RunConfig, data))
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`key.sub=value` -> ("key.sub", value parsed as YAML, so numbers, lists and null work)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key=value")
-    key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
-
-
-def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a YAML (.yaml/.yml) or TOML (.toml) run config, apply `key=value` overrides, expand $VARS in paths."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found")
-    text = path.read_text()
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
-    data = data or {}
-    for item in overrides:
-        key, value = parse_override(item)
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key!r}: {part!r} is not a mapping")
-        node[parts[-1]] = value
-    cfg = from_dict(data)
-    for name in ("path", "train", "test"):
-        value = getattr(cfg.prompts, name)
-        if value:
-            setattr(cfg.prompts, name, os.path.expandvars(os.path.expanduser(value)))
-    cfg.output = os.path.expandvars(os.path.expanduser(cfg.output))
-    return cfg
-
-
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    """PyYAML's multi-line message as one line that names the line and column, e.g. "line 3, column 11: expected ','
-    or ']', but got ':' (in the list that starts on line 2)"."""
-    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
-    if mark is None or problem is None:
-        return " ".join(str(err).split())
-    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
-    where = f" ({context} on line {start.line + 1})" if context and start is not None else ""
-    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}{where}"
-
-
-def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config dict with dotted keys: {"probes": {"mode": "ours"}} -> {"probes.mode": "ours"}."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def data_differences(a: RunConfig | dict, b: RunConfig | dict) -> list[str]:

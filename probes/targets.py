@@ -11,7 +11,6 @@ images are in the run or on the order they are processed (a resumed stage redraw
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -22,24 +21,9 @@ Fill = Literal["zero", "edge"]
 REFERENCE_SIZE = 512  # the paper's translation ranges are in pixels of a 512 px image
 
 
-@dataclass(frozen=True)
-class TargetSpec:
-    """How targets are drawn: `count` per image, each component's magnitude in [low, high) px per 512 px."""
-
-    count: int = 5
-    low: float = 90.0
-    high: float = 120.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.count < 1:
-            raise ValueError(f"targets per image must be >= 1, got {self.count}")
-        if not 0 <= self.low < self.high:
-            raise ValueError(f"translation range needs 0 <= low < high, got [{self.low}, {self.high})")
-
-
-def draw_translations(image_ids: np.ndarray | list[int], spec: TargetSpec, size: tuple[int, int]) -> np.ndarray:
-    """Integer pixel translations `(image, target, 2)` as (tx, ty) for images of `size` = (H, W).
+def draw_translations(image_ids: np.ndarray | list[int], spec, size: tuple[int, int]) -> np.ndarray:
+    """Integer pixel translations `(image, target, 2)` as (tx, ty) for images of `size` = (H, W); `spec` has `count`,
+    `low`, `high` and `seed` (e.g. `workflows.config.TargetSpec`).
 
     Magnitudes are uniform in [low, high) * side / 512, signs uniform; rounded to whole pixels."""
     H, W = size

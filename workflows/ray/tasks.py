@@ -1,4 +1,4 @@
-"""Ray fan-out for the label stage and the probe grid: thin wrappers around `workflows.labels` and `workflows.grid`."""
+"""Ray fan-out for the label stage and the probe grid: thin wrappers around `workflows.stages.labels` and `workflows.stages.grid`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from collections.abc import Iterator
 import ray
 
 from ldm.labelers import Labeler
-from workflows.grid import GridData, ProbeGroup, fit_group
-from workflows.labels import label_shards, load_labeler
+from workflows.config import RunConfig
+from workflows.stages.grid import FitMany, ProbeGroup, fit_group
+from workflows.stages.grid_data import GridData
+from workflows.stages.labels import LabelRunner, label_shards, labeler_spec, load_labeler
 
 _LABELERS: dict[tuple, Labeler] = {}  # one loaded labeler per worker process and spec
 
@@ -23,6 +25,17 @@ def _labeler(target: str, spec: dict) -> Labeler:
 @ray.remote
 def _label_task(output: str, target: str, spec: dict, shards: list[int]) -> list[int]:
     return label_shards(output, target, _labeler(target, spec), shards)
+
+
+def label_runner(cfg: RunConfig) -> LabelRunner:
+    """The label stage's executor on Ray: tasks of `labels.shards_per_task` shards, one GPU each with cuda labels."""
+    num_gpus = 1 if cfg.labels.device.startswith("cuda") else 0
+
+    def run(target: str, shards: list[int]) -> Iterator[list[int]]:
+        return label_with_ray(cfg.output, target, labeler_spec(cfg, target), shards, cfg.labels.shards_per_task,
+                              num_gpus)
+
+    return run
 
 
 def label_with_ray(output: str, target: str, spec: dict, shards: list[int], shards_per_task: int = 4,
@@ -54,8 +67,9 @@ def _fit_group_task(output: str, group: ProbeGroup, data: list[ray.ObjectRef]) -
     return group, fit_group(output, group, _worker_data(data[0]))  # a ref in a list: Ray does not resolve it
 
 
-def fit_groups_with_ray(output: str, data: GridData, num_cpus: float = 1, max_in_flight: int = 256):
-    """A `fit_many` for `workflows.grid.run_grid`: one Ray task per group, labels shared through the object store."""
+def fit_groups_with_ray(output: str, data: GridData, num_cpus: float = 1, max_in_flight: int = 256) -> FitMany:
+    """A `fit_many` for `workflows.stages.grid.run_grid`: one Ray task per group, labels shared through the object
+    store."""
 
     def fit_many(groups: list[ProbeGroup]) -> Iterator[tuple[ProbeGroup, list[dict]]]:
         data_ref = [ray.put(data)]

@@ -1,6 +1,6 @@
 """The probe grid's headline comparison: the LDM's best layer against the controls, step by step.
 
-    python -m workflows.findings runs/toy            (a run whose probe stage is done; prints a Markdown table)
+    sceneprobe findings runs/toy            (a run whose probe stage is done; prints a Markdown table)
 
 Per target (saliency: Dice; depth: R2 beyond position), the LDM layer is chosen on the *training* split
 (`train_score` in probes/metrics.parquet, averaged over steps) and never on the test split; the permuted-weights
@@ -12,15 +12,14 @@ table gives the test metric with its 95% interval and the LDM's margin over each
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ldm.hooks import EXTRAS
-from workflows.figures import PALETTE, Series, line_chart_svg
+from probes.selection import best_layer
+from workflows.config import EXTRAS
+from workflows.report.figures import PALETTE, Series, line_chart_svg
 
 HEADLINE = {"saliency": ("dice", "Dice"), "depth": ("r2_pos", "R2 beyond position")}
 LATENT = "latent"
@@ -31,15 +30,9 @@ def _value(row: dict | None, key: str) -> float:
 
 
 def select_hook(rows: list[dict], target: str, variant: str) -> str | None:
-    """The U-Net layer of `variant` with the best mean training-split headline score over steps (extras excluded)."""
-    metric = HEADLINE[target][0]
-    scores: dict[str, list[float]] = {}
-    for r in rows:
-        if r["target"] == target and r["variant"] == variant and r["step"] >= 0 and r["hook"] not in EXTRAS:
-            v = _value(r, "train_score")
-            if np.isfinite(v) and np.isfinite(_value(r, metric)):
-                scores.setdefault(r["hook"], []).append(v)
-    return max(scores, key=lambda h: float(np.mean(scores[h]))) if scores else None
+    """The U-Net layer of `variant` with the best mean training-split score over steps (extras excluded), among
+    layers with a headline metric."""
+    return best_layer(rows, target, variant, HEADLINE[target][0], exclude=EXTRAS)
 
 
 @dataclass
@@ -122,25 +115,14 @@ def curve_series(rows: list[dict], target: str, metric: str, hooks: dict[str, st
     return series
 
 
-def main(argv: list[str] | None = None) -> int:
-    from workflows.grid import read_metrics
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="a run output whose probe stage is done")
-    p.add_argument("--margin", type=float, default=0.15)
-    p.add_argument("--svg", default="", help="also write the curves as <SVG>-<target>.svg")
-    args = p.parse_args(argv)
-    rows = read_metrics(args.run).to_pylist()
-    print(format_findings(rows, args.margin))
-    if args.svg:
-        for target, (metric, label) in HEADLINE.items():
-            hooks, _ = compare(rows, target)
-            if hooks["ldm"] is not None:
-                chart = line_chart_svg(curve_series(rows, target, metric, hooks), title=f"{target} at {hooks['ldm']}",
-                                       xlabel="denoising step", ylabel=label)
-                Path(f"{args.svg}-{target}.svg").write_text(chart)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def write_finding_charts(rows: list[dict], prefix: str) -> list[str]:
+    """The curves of each target as `<prefix>-<target>.svg`; returns the paths written."""
+    paths = []
+    for target, (metric, label) in HEADLINE.items():
+        hooks, _ = compare(rows, target)
+        if hooks["ldm"] is not None:
+            chart = line_chart_svg(curve_series(rows, target, metric, hooks), title=f"{target} at {hooks['ldm']}",
+                                   xlabel="denoising step", ylabel=label)
+            Path(f"{prefix}-{target}.svg").write_text(chart)
+            paths.append(f"{prefix}-{target}.svg")
+    return paths

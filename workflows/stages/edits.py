@@ -3,14 +3,14 @@
 `run_edits` renders one prompt and seed once per target, replacing the conditional half of the activation at each
 (hook, step) by a `probes.edits` edit towards that target (`ldm.edit.edit`; edits run in forward order, so later layers
 see earlier edits). `score` compares re-labelled results with the targets. Used by the interventions stage
-(`workflows.interventions`), the moving-object animation and the edit benchmark.
+(`workflows.stages.interventions`), the moving-object animation and the edit benchmark.
 """
 
 from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,8 +20,8 @@ from ldm.edit import EditFn, edit
 from probes.edits import closed_form_edit, optimise_edit, random_edit
 from probes.linear import LinearProbe
 from probes.metrics import DepthScaler, dice_iou
+from workflows.config import METHODS, EditSettings
 
-METHODS: tuple[str, ...] = ("paper", "closed-form", "random")
 METRIC = {"saliency": "dice", "depth": "rmse"}  # what score_before / score_after hold
 ProbeTable = Mapping[tuple[str, int], LinearProbe]  # (hook, step) -> probe
 
@@ -48,27 +48,16 @@ def edit_seed(seed: int, image: int, hook: str, step: int) -> int:
     return zlib.crc32(f"{seed}/{image}/{hook}/{step}".encode())
 
 
-def make_edit_fn(
-    probes: ProbeTable,
-    method: str,
-    targets: np.ndarray,
-    task: str,
-    *,
-    lr: float = 5e-3,
-    iters: int = 128,
-    random_reference: str = "closed-form",
-    strength: float = 1.0,
-    units: str = "standardised",
-    seed: int = 0,
-    image: int = 0,
-    stats: EditStats | None = None,
-) -> EditFn:
+def make_edit_fn(probes: ProbeTable, method: str, targets: np.ndarray, task: str,
+                 settings: EditSettings = EditSettings((), ()), image: int = 0,
+                 stats: EditStats | None = None) -> EditFn:
     """An `ldm.edit` function applying `method` with the probe of each (hook, step) to reach `targets (batch, H, W)`
     (saliency: 0/1 masks; depth: the probes' standardised units). Targets stay at image resolution: the closed form
     area-averages them to the layer, the optimised edit compares nearest-upsampled probe outputs, as the paper does.
-    `strength` scales every edit `a' - a` (1 = exactly what the method computes); the random control copies the
-    scaled norm. `units`: the closed form's minimal edit in the probe's "standardised" units (default) or in "raw"
-    activation units (`probes.edits.closed_form_edit`)."""
+    `settings.strength` scales every edit `a' - a` (1 = exactly what the method computes); the random control copies
+    the scaled norm. `settings.units`: the closed form's minimal edit in the probe's "standardised" units (default) or
+    in "raw" activation units (`probes.edits.closed_form_edit`). The hooks and steps of `settings` are `run_edits`'."""
+    lr, iters, strength, units = settings.lr, settings.iters, settings.strength, settings.units
     if method not in METHODS:
         raise ValueError(f"unknown edit method {method!r}; choose one of {', '.join(METHODS)}")
     on_device: dict[torch.device, torch.Tensor] = {}  # the targets, moved to the activations' device once
@@ -92,8 +81,8 @@ def make_edit_fn(
         start = time.perf_counter()
         with torch.enable_grad():  # generation runs under no_grad; the paper's edit needs autograd
             if method == "random":
-                ref = reference(act, probe, random_reference)
-                new = random_edit(act, ref.float() - act.float(), edit_seed(seed, image, name, step))
+                ref = reference(act, probe, settings.random_reference)
+                new = random_edit(act, ref.float() - act.float(), edit_seed(settings.seed, image, name, step))
             else:
                 new = reference(act, probe, method)
         _sync(new)
@@ -106,42 +95,17 @@ def make_edit_fn(
     return fn
 
 
-def run_edits(
-    model,
-    probes: ProbeTable,
-    method: str,
-    targets: np.ndarray,
-    prompt: str,
-    seed: int,
-    task: str,
-    *,
-    hooks: Sequence[str],
-    steps: Sequence[int],
-    lr: float = 5e-3,
-    iters: int = 128,
-    random_reference: str = "closed-form",
-    strength: float = 1.0,
-    units: str = "standardised",
-    edit_seed_base: int = 0,
-    image: int = 0,
-    stats: EditStats | None = None,
-) -> np.ndarray:
-    """Generate `prompt` with `seed` once per target `(target, H, W)`, editing `hooks` at `steps` on the conditional
-    half; returns uint8 `(target, H, W, 3)`. Every (hook, step) must have a probe."""
-    missing = [(h, s) for h in hooks for s in steps if (h, s) not in probes]
+def run_edits(model, probes: ProbeTable, method: str, targets: np.ndarray, prompt: str, seed: int, task: str,
+              settings: EditSettings, image: int = 0, stats: EditStats | None = None) -> np.ndarray:
+    """Generate `prompt` with `seed` once per target `(target, H, W)`, editing `settings.hooks` at `settings.steps` on
+    the conditional half; returns uint8 `(target, H, W, 3)`. Every (hook, step) must have a probe."""
+    missing = [(h, s) for h in settings.hooks for s in settings.steps if (h, s) not in probes]
     if missing:
         raise KeyError(f"no probe for {', '.join(f'{h}@{s}' for h, s in missing)}")
     n = len(targets)
-    fn = make_edit_fn(probes, method, targets, task, lr=lr, iters=iters, random_reference=random_reference,
-                      strength=strength, units=units, seed=edit_seed_base, image=image, stats=stats)
-    with edit(model, fn, hooks=list(hooks), steps=list(steps)):
+    fn = make_edit_fn(probes, method, targets, task, settings, image=image, stats=stats)
+    with edit(model, fn, hooks=list(settings.hooks), steps=list(settings.steps)):
         return model.generate([prompt] * n, [int(seed)] * n)
-
-
-def run_edit(model, probes: ProbeTable, method: str, target: np.ndarray, prompt: str, seed: int, task: str,
-             **kwargs) -> np.ndarray:
-    """One edited image `(H, W, 3)` for one target `(H, W)`; see `run_edits`."""
-    return run_edits(model, probes, method, np.asarray(target)[None], prompt, seed, task, **kwargs)[0]
 
 
 # ---------------------------------------------------------------- scoring

@@ -11,10 +11,43 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from workflows.edit_generation import METHODS
-from workflows.targets import TargetSpec
+from workflows.config.names import METHODS, TARGETS
+from workflows.config.schema import ConfigError, state
 
-TASKS: tuple[str, ...] = ("saliency", "depth")
+TASKS = TARGETS  # what the stage edits: the probe targets
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """How targets are drawn: `count` per image, each component's magnitude in [low, high) px per 512 px."""
+
+    count: int = 5
+    low: float = 90.0
+    high: float = 120.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ConfigError(f"interventions.targets.count: targets per image must be >= 1, got {self.count}")
+        if not 0 <= self.low < self.high:
+            raise ConfigError(f"interventions.targets: translation range needs 0 <= low < high, got [{self.low}, {self.high})")
+
+
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """How the edits of one task are made: where (hooks x steps), how strong, and the parameters of the paper's
+    optimiser, the closed form and the random control. `InterventionConfig.edit_settings` makes them for a stage."""
+
+    hooks: tuple[str, ...]
+    steps: tuple[int, ...]
+    strength: float = 1.0  # every edit a' - a is scaled by this (the random control copies the scaled norm)
+    lr: float = 5e-3  # paper edits: Adam learning rate
+    iters: int = 128  # paper edits: Adam iterations
+    random_reference: str = "closed-form"  # the edit whose per-position norm the random control copies
+    units: str = "standardised"  # the closed form's minimal edit in the probe's standardised or raw units
+    seed: int = 0  # the random control's directions (with the image id, hook and step)
 
 
 @dataclass
@@ -39,7 +72,7 @@ class InterventionConfig:
     calibrate: dict[str, list[float]] | None = None  # {task: candidate strengths}: chosen per method on training
     # images, replacing `strength` for those tasks
     calibrate_images: int = 8  # the first N training images
-    chosen: dict[str, float] = field(default_factory=dict)  # "task/method" -> strength, set by the calibration
+    chosen: dict[str, float] = state(dict, by="the calibration (interventions.calibrate)")  # "task/method" -> strength, set by the calibration
     closed_form_units: str = "standardised"  # the closed form's minimal edit in the probe's standardised or raw units
     max_images: int | None = None  # None: every test image; else the first N (quick looks)
     actors: int | None = None  # Ray: None = one per GPU, or one per `cpus_per_actor` CPUs
@@ -50,35 +83,35 @@ class InterventionConfig:
     def __post_init__(self) -> None:
         bad = [t for t in self.tasks if t not in TASKS] + [m for m in self.methods if m not in METHODS]
         if bad:
-            raise ValueError(f"unknown task/method {', '.join(bad)}; tasks: {', '.join(TASKS)}; "
+            raise ConfigError(f"interventions: unknown task/method {', '.join(bad)}; tasks: {', '.join(TASKS)}; "
                              f"methods: {', '.join(METHODS)}")
         if self.closed_form_units not in ("standardised", "raw"):
-            raise ValueError("closed_form_units must be 'standardised' or 'raw'")
+            raise ConfigError("interventions.closed_form_units must be 'standardised' or 'raw'")
         if self.random_reference not in ("closed-form", "paper"):
-            raise ValueError("random_reference must be 'closed-form' or 'paper'")
+            raise ConfigError("interventions.random_reference must be 'closed-form' or 'paper'")
         if isinstance(self.targets, dict):
             self.targets = TargetSpec(**self.targets)
         for name in ("saliency_hooks", "depth_hooks"):
             if isinstance(getattr(self, name), str) and getattr(self, name) != "all":
-                raise ValueError(f"{name} must be a list of hook names, \"all\" or null; got {getattr(self, name)!r}")
+                raise ConfigError(f"interventions.{name} must be a list of hook names, \"all\" or null; got {getattr(self, name)!r}")
         strengths = self.strength if isinstance(self.strength, dict) else {t: self.strength for t in TASKS}
         _check_tasks("strength", strengths)
         if not all(_positive(v) for v in strengths.values()):
-            raise ValueError(f"strength must be a positive number (or {{task: number}}), got {self.strength!r}")
+            raise ConfigError(f"interventions.strength must be a positive number (or {{task: number}}), got {self.strength!r}")
         if self.calibrate is not None:
             if not isinstance(self.calibrate, dict):
-                raise ValueError(f"calibrate must map tasks to candidate strengths, e.g. {{saliency: [4, 8, 16]}}; "
+                raise ConfigError(f"interventions.calibrate must map tasks to candidate strengths, e.g. {{saliency: [4, 8, 16]}}; "
                                  f"got {self.calibrate!r}")
             _check_tasks("calibrate", self.calibrate)
             for task, values in self.calibrate.items():
                 if isinstance(values, (int, float)) or not values or not all(_positive(v) for v in values):
-                    raise ValueError(f"calibrate.{task} must be a non-empty list of positive strengths, "
+                    raise ConfigError(f"interventions.calibrate.{task} must be a non-empty list of positive strengths, "
                                      f"got {values!r}")
             both = [t for t in self.calibrate if isinstance(self.strength, dict) and t in self.strength]
             if both:
-                raise ValueError(f"{', '.join(both)}: give either a strength or calibrate candidates, not both")
+                raise ConfigError(f"interventions: {', '.join(both)}: give either a strength or calibrate candidates, not both")
         if not isinstance(self.calibrate_images, int) or self.calibrate_images < 1:
-            raise ValueError(f"calibrate_images must be a positive integer, got {self.calibrate_images!r}")
+            raise ConfigError(f"interventions.calibrate_images must be a positive integer, got {self.calibrate_images!r}")
 
     def hooks(self, task: str) -> list[str] | str | None:
         return self.saliency_hooks if task == "saliency" else self.depth_hooks
@@ -101,6 +134,14 @@ class InterventionConfig:
             return float(self.chosen[f"{task}/{reference}"])
         return float(self.strength.get(task, 1.0) if isinstance(self.strength, dict) else self.strength)
 
+    def edit_settings(self, task: str, hooks: Sequence[str], strength: float | None = None) -> EditSettings:
+        """The settings of `task`'s edits on `hooks` (resolved from `hooks(task)` by the stage), at `strength`
+        (default: `strength_of(task)`)."""
+        return EditSettings(hooks=tuple(hooks), steps=tuple(self.steps(task)),
+                            strength=self.strength_of(task) if strength is None else float(strength), lr=self.lr,
+                            iters=self.iters, random_reference=self.random_reference, units=self.closed_form_units,
+                            seed=self.targets.seed)
+
     def data_fields(self) -> dict:
         """The fields that decide what an edit produces: a resumed stage must match them."""
         return {"saliency_hooks": self.saliency_hooks, "saliency_steps": list(self.saliency_steps),
@@ -114,7 +155,7 @@ class InterventionConfig:
 def _check_tasks(name: str, by_task: dict) -> None:
     unknown = [t for t in by_task if t not in TASKS]
     if unknown:
-        raise ValueError(f"{name} for unknown task(s) {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
+        raise ConfigError(f"interventions: {name} for unknown task(s) {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
 
 
 def _positive(value: object) -> bool:

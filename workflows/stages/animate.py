@@ -15,12 +15,15 @@ import numpy as np
 from PIL import Image
 
 from ldm.errors import UserError
-from workflows.edit_generation import METHODS, ProbeTable, run_edits
-from workflows.interventions import CALIBRATION, ROOT, InterventionConfig, gather_inputs
-from workflows.store import read_file, write_atomic
-from workflows.targets import slide_translations, translate_mask
+from probes.targets import slide_translations, translate_mask
+from workflows.config import METHODS, EditSettings, InterventionConfig
+from workflows.stages.edit_units import gather_inputs
+from workflows.stages.edits import ProbeTable, run_edits
+from workflows.stages.shard import load
+from workflows.store import load_run_config, read_file, write_atomic
+from workflows.store.paths import CALIBRATION_CHOICE, INTERVENTION_CONFIG, MOVING_OBJECT_GIF
 
-GIF = f"{ROOT}/moving_object.gif"
+GIF = MOVING_OBJECT_GIF
 MIN_SIDE = 192  # frames are upscaled (nearest) to at least this many pixels high, so toy images are watchable
 
 
@@ -35,18 +38,16 @@ class Animation:
     method: str
 
 
-def slide(model, probes: ProbeTable, mask: np.ndarray, prompt: str, seed: int, *, hooks: list[str],
-          steps: list[int], frames: int = 12, extent: float = 0.3, axis: str = "x", method: str = "closed-form",
-          lr: float = 5e-3, iters: int = 128, strength: float = 1.0, units: str = "standardised",
+def slide(model, probes: ProbeTable, mask: np.ndarray, prompt: str, seed: int, settings: EditSettings, *,
+          frames: int = 12, extent: float = 0.3, axis: str = "x", method: str = "closed-form",
           batch: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Edited images `(frame, H, W, 3)`, targets `(frame, H, W)` and translations `(frame, 2)` for a mask `(H, W)`
-    slid from -extent to +extent of the frame; rendered `batch` frames per generate call. The edit settings are the
-    interventions stage's (`workflows.edit_generation.run_edits`)."""
+    slid from -extent to +extent of the frame; rendered `batch` frames per generate call, with the interventions
+    stage's edit settings (`workflows.stages.edits.run_edits`)."""
     moves = slide_translations(frames, mask.shape, extent=extent, axis=axis)
     base = (np.asarray(mask) > 0.5).astype(np.float32)
     targets = translate_mask(np.broadcast_to(base, (frames, *base.shape)), moves[:, 0], moves[:, 1])
-    images = [run_edits(model, probes, method, targets[i:i + batch], prompt, seed, "saliency", hooks=hooks,
-                        steps=steps, lr=lr, iters=iters, strength=strength, units=units)
+    images = [run_edits(model, probes, method, targets[i:i + batch], prompt, seed, "saliency", settings)
               for i in range(0, frames, batch)]
     return np.concatenate(images), targets, moves
 
@@ -71,14 +72,11 @@ def gif_bytes(frames: np.ndarray, targets: np.ndarray | None = None, duration_ms
 def stage_settings(output: str) -> InterventionConfig:
     """The edit settings the run's interventions stage used (`interventions/config.json`, with the strengths its
     calibration chose), or before that stage has run, the `interventions` section of the run's stored config."""
-    stored = read_file(output, f"{ROOT}/config.json")
+    stored = read_file(output, INTERVENTION_CONFIG)
     if stored is not None:
-        chosen = read_file(output, f"{ROOT}/{CALIBRATION}.json")
+        chosen = read_file(output, CALIBRATION_CHOICE)
         return InterventionConfig(**json.loads(stored), chosen=json.loads(chosen) if chosen else {})
-    from workflows.config import intervention_config
-    from workflows.store import load_run_config
-
-    return intervention_config(load_run_config(output))
+    return load_run_config(output).interventions
 
 
 def animate_run(output: str, image: int | None = None, *, frames: int = 12, extent: float = 0.3, axis: str = "x",
@@ -99,15 +97,10 @@ def animate_run(output: str, image: int | None = None, *, frames: int = 12, exte
         raise UserError(f"image {image} is not a labelled test image of {output}; test images: "
                         f"{', '.join(map(str, ids[:20]))}{' ...' if len(ids) > 20 else ''}")
     k = ids.index(image)
-    if model is None:
-        from workflows.generate import load
-        from workflows.store import load_run_config
-
-        model = load(load_run_config(output), device=device)
+    model = model if model is not None else load(load_run_config(output), device=device)
+    settings = cfg.edit_settings("saliency", inputs.hooks["saliency"], cfg.strength_of("saliency", method))
     edited, targets, moves = slide(model, inputs.probes["saliency"], inputs.labels["saliency"][k], inputs.prompts[k],
-                                   inputs.seeds[k], hooks=inputs.hooks["saliency"], steps=cfg.steps("saliency"),
-                                   frames=frames, extent=extent, axis=axis, method=method, lr=cfg.lr, iters=cfg.iters,
-                                   strength=cfg.strength_of("saliency", method), units=cfg.closed_form_units)
+                                   inputs.seeds[k], settings, frames=frames, extent=extent, axis=axis, method=method)
     anim = Animation(edited, targets, moves, inputs.prompts[k], inputs.seeds[k], image, method)
     note = {"image": image, "prompt": anim.prompt, "seed": anim.seed, "method": method,
             "hooks": inputs.hooks["saliency"], "steps": cfg.steps("saliency"),

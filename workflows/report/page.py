@@ -1,31 +1,33 @@
 """The run report: `<output>/report/index.html`, a static page with its images beside it in `report/assets/`.
 
-    python -m workflows.report runs/toy [--examples 4] [--out DIR]
+    sceneprobe report CONFIG         (the report stage: <output>/report/index.html)
 
 It shows whatever stages have run; a section whose inputs are missing says which command produces them. Figures are
-inline SVG (`workflows.figures`), pictures are PNG files, so the page opens from disk in any browser without a server.
+inline SVG (`workflows.report.figures`), pictures are PNG files, so the page opens from disk in any browser without a server.
 What each figure means: docs/report.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import html
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ldm.errors import UserError
 from probes.resample import upsample_nearest
-from workflows.findings import HEADLINE, check_claim, compare, curve_series, select_hook
-from workflows.figures import Series, depth_image, heatmap_svg, line_chart_svg, mask_image, png_bytes
-from workflows.store import read_file, stored_config
+from probes.selection import best_probe
+from probes.targets import make_targets
+from workflows.report.findings import HEADLINE, check_claim, compare, curve_series, select_hook
+from workflows.report.figures import Series, depth_image, heatmap_svg, line_chart_svg, mask_image, png_bytes
+from workflows.stages.grid import load_probe
+from workflows.stages.grid_data import prepare_grid_data
+from workflows.store import open_store, read_file, read_manifest, read_table, stored_config
+from workflows.store.paths import (CALIBRATION_TABLE, INTERVENTION_METRICS, INTERVENTION_SUMMARY, MOVING_OBJECT_GIF,
+                                   PROBE_METRICS, activations, edited_images)
 
 PRIMARY = {target: (metric, "higher", label) for target, (metric, label) in HEADLINE.items()}  # higher is better
 VARIANTS = ("ldm", "permuted", "shuffled")
@@ -37,7 +39,7 @@ COMMANDS = {  # what produces each input (the same names as the other stages' er
     "interventions": "sceneprobe intervene CONFIG",
     "animate": "sceneprobe animate RUN",
 }
-METHOD_ORDER = ("closed-form", "paper", "random")
+METHOD_ORDER = ("closed-form", "paper", "random")  # the order tables and figures show them
 CSS = """body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
 h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}figure{display:inline-block;margin:.3em;
 vertical-align:top;text-align:center}figcaption{font-size:11px;max-width:220px}table{border-collapse:collapse;
@@ -69,9 +71,10 @@ class Page:
                           f"{html.escape(COMMANDS[stage])}</code>.</p>")
 
 
-def read_table(output: str, relpath: str) -> list[dict] | None:
-    data = read_file(output, relpath)
-    return None if data is None else pq.read_table(pa.BufferReader(data)).to_pylist()
+def read_rows(output: str, relpath: str) -> list[dict] | None:
+    """A Parquet table of the run as rows, or None where it does not exist (the stage has not run)."""
+    table = read_table(output, relpath)
+    return None if table is None else table.to_pylist()
 
 
 def hook_order(name: str) -> tuple:
@@ -100,8 +103,6 @@ def overview(page: Page, cfg: dict | None, probes: list[dict] | None, inter: lis
     if cfg is None:
         page.missing(f"No generated run at {page.output} (no config.yaml).", "generate")
         return
-    from workflows.store import read_manifest
-
     manifest = read_manifest(page.output).to_pylist()
     done = sum(r["status"] == "complete" for r in manifest)
     tests = sum(r["split"] == "test" for r in manifest)
@@ -148,32 +149,16 @@ def probe_heatmaps(page: Page, rows: list[dict] | None) -> None:
                           f"for all variants.{html.escape(note)}</p><div class='row'>{''.join(figures)}</div>")
 
 
-def best_hook(rows: list[dict], target: str, metric: str, better: str, variant: str = "ldm") -> str | None:
-    """The layer of `variant` chosen on the training split (`workflows.findings.select_hook`); for metrics written
-    before `train_score` existed, the one with the best test metric averaged over steps (display only)."""
-    hook = select_hook(rows, target, variant)
-    if hook is not None:
-        return hook
-    values, hooks, _, _ = grid_of(rows, target, variant, metric)
-    if not hooks:
-        return None
-    ok = np.isfinite(values)
-    worst = np.inf if better == "lower" else -np.inf
-    means = np.where(ok.any(1), np.where(ok, values, 0).sum(1) / np.maximum(ok.sum(1), 1), worst)
-    return hooks[int(np.argmin(means) if better == "lower" else np.argmax(means))]
-
-
 def probe_curves(page: Page, rows: list[dict] | None) -> None:
     page.parts.append("<h2>Probe accuracy over denoising steps</h2>")
     if not rows:
         page.missing("No probe metrics (probes/metrics.parquet).", "probes")
         return
     for target, (metric, better, label) in PRIMARY.items():
-        hook = best_hook(rows, target, metric, better)
+        hook = select_hook(rows, target, "ldm")
         if hook is None:
             continue
-        series = curve_series(rows, target, metric, {"ldm": hook, "permuted": best_hook(
-            rows, target, metric, better, "permuted")})
+        series = curve_series(rows, target, metric, {"ldm": hook, "permuted": select_hook(rows, target, "permuted")})
         by_hook = []
         values, hooks, steps, _ = grid_of(rows, target, "ldm", metric)
         for i, h in enumerate(hooks):
@@ -190,8 +175,6 @@ def probe_curves(page: Page, rows: list[dict] | None) -> None:
 
 def _grid_data(output: str, targets: tuple[str, ...]):
     """Test images and their labels in the probes' units, or None when labels are missing."""
-    from workflows.grid import prepare_grid_data
-
     try:
         return prepare_grid_data(output, targets=targets, n_boot=1)
     except (UserError, FileNotFoundError, KeyError):
@@ -207,9 +190,6 @@ def predictions(page: Page, rows: list[dict] | None, cfg: dict | None, examples:
     if not rows or cfg is None:
         page.missing("Needs a generated run with fitted probes.", "probes" if cfg else "generate")
         return
-    from workflows.grid import load_probe
-    from workflows.store import open_store
-
     targets = tuple(t for t in PRIMARY if any(r["target"] == t for r in rows))
     data = _grid_data(page.output, targets)
     if data is None:
@@ -218,10 +198,10 @@ def predictions(page: Page, rows: list[dict] | None, cfg: dict | None, examples:
     store = open_store(page.output)
     for target in targets:
         metric, better, _ = PRIMARY[target]
-        hook = best_hook(rows, target, metric, better)
+        hook = select_hook(rows, target, "ldm")
         steps = sorted({r["step"] for r in rows
                         if r["target"] == target and r["variant"] == "ldm" and r["hook"] == hook})
-        if hook is None or not steps or f"acts/{hook}/act" not in store:
+        if hook is None or not steps or activations(hook) not in store:
             continue
         picks = sorted({steps[0], steps[len(steps) // 2], steps[-1]})
         try:
@@ -236,27 +216,23 @@ def predictions(page: Page, rows: list[dict] | None, cfg: dict | None, examples:
             cells = [page.img(f"pred_{target}_{image}_image", store["images"][int(image)], f"image {image}"),
                      page.img(f"pred_{target}_{image}_label", _label_picture(target, labels[k], lo, hi), "label")]
             for s in picks:
-                act = np.asarray(store[f"acts/{hook}/act"][int(image), s], np.float32)[None]
+                act = np.asarray(store[activations(hook)][int(image), s], np.float32)[None]
                 pred = upsample_nearest(probes[s].predict(act), *labels.shape[1:])[0]
                 cells.append(page.img(f"pred_{target}_{image}_s{s}", _label_picture(target, pred, lo, hi),
                                       f"probe, step {s}"))
             lines.append(f"<div class='row'>{''.join(cells)}</div>")
         page.parts.append(f"<h3>{target} at <code>{hook}</code></h3><p>Test images; the probe's prediction (upsampled "
-                          f"nearest from {store[f'acts/{hook}/act'].shape[2]}x{store[f'acts/{hook}/act'].shape[3]}) at "
+                          f"nearest from {store[activations(hook)].shape[2]}x{store[activations(hook)].shape[3]}) at "
                           f"an early, a middle and the last probed step.</p>" + "".join(lines))
 
 
 def interventions(page: Page, cfg: dict | None, examples: int) -> tuple[list[dict] | None, list[dict] | None]:
     page.parts.append("<h2>Interventions</h2>")
-    rows = read_table(page.output, "interventions/metrics.parquet")
-    summary = read_table(page.output, "interventions/summary.parquet")
+    rows = read_rows(page.output, INTERVENTION_METRICS)
+    summary = read_rows(page.output, INTERVENTION_SUMMARY)
     if not rows or cfg is None:
         page.missing("No interventions (interventions/metrics.parquet).", "interventions")
         return rows, summary
-    from workflows.interventions import images_path
-    from workflows.store import open_store
-    from workflows.targets import make_targets
-
     page.parts.append("<p>Mean over test images (each image's targets averaged first) with 95% bootstrap intervals. "
                       "Saliency: Dice with the target mask, before (the unedited image) and after the edit; depth: "
                       "RMSE to the shifted depth map. Gain is the improvement towards the target.</p>")
@@ -267,7 +243,7 @@ def interventions(page: Page, cfg: dict | None, examples: int) -> tuple[list[dic
     page.parts.append(html_table(strengths(summary or []), [
         "task", "method", "metric", "strength", "n_images", "n_edits", "score_before", "score_after", "gain", "gain_lo",
         "gain_hi", "success", "edit_norm", "edit_seconds"]))
-    calibration = read_table(page.output, "interventions/calibration.parquet")
+    calibration = read_rows(page.output, CALIBRATION_TABLE)
     if calibration:
         page.parts.append("<p>Strengths chosen on training images (never the test images): each candidate's mean "
                           "gain on the first training images; the chosen one is used above (random edits take the "
@@ -293,9 +269,9 @@ def interventions(page: Page, cfg: dict | None, examples: int) -> tuple[list[dic
                 cells.append(page.img(f"iv_{task}_{image}_target", _label_picture(task, target, lo, hi),
                                       f"target (tx {r0['tx']}, ty {r0['ty']})"))
             for m in methods:
-                if m in first and images_path(task, m) in store:
+                if m in first and edited_images(task, m) in store:
                     r = first[m]
-                    cells.append(page.img(f"iv_{task}_{image}_{m}", store[images_path(task, m)][image, 0],
+                    cells.append(page.img(f"iv_{task}_{image}_{m}", store[edited_images(task, m)][image, 0],
                                           f"{m}: {r['metric']} {r['score_before']:.2f} -> {r['score_after']:.2f}"))
             lines.append(f"<div class='row'>{''.join(cells)}</div>")
         page.parts.append(f"<h3>{task}</h3><p>Original image, the target, and the edited result per method "
@@ -305,7 +281,7 @@ def interventions(page: Page, cfg: dict | None, examples: int) -> tuple[list[dic
 
 def animation(page: Page) -> None:
     page.parts.append("<h2>Moving object</h2>")
-    gif = read_file(page.output, "interventions/moving_object.gif")
+    gif = read_file(page.output, MOVING_OBJECT_GIF)
     if gif is None:
         page.missing("No moving-object animation.", "animate")
         return
@@ -323,7 +299,7 @@ def finding(page: Page, rows: list[dict] | None) -> None:
         return
     page.parts.append("<h2>Finding: the LDM against its controls</h2><p>Per step, the test metric at the layer chosen "
                       "on the training split (never the test split), and the LDM's margin over the permuted-weights "
-                      "control (at its own best layer) and the noisy latent x_t. <code>python -m workflows.findings "
+                      "control (at its own best layer) and the noisy latent x_t. <code>sceneprobe findings "
                       "RUN</code> prints the same as Markdown.</p>")
     for target, (metric, label) in HEADLINE.items():
         hooks, table = compare(rows, target)
@@ -347,27 +323,21 @@ def tables(page: Page, rows: list[dict] | None) -> None:
         page.missing("No probe metrics.", "probes")
         return
     best = []
-    for target, (metric, better, _) in PRIMARY.items():
+    for target, (metric, _, _) in PRIMARY.items():
         for variant in (*VARIANTS, "position"):
-            sel = [r for r in rows if r["target"] == target and r["variant"] == variant and r.get(metric) is not None
-                   and np.isfinite(r[metric])]
-            # chosen on the training split (`train_score`, higher is better for both targets), never on the test
-            # metric; rows written before train_score existed (and the position baseline's single row) have none
-            trained = [r for r in sel if r.get("train_score") is not None and np.isfinite(r["train_score"])]
-            if sel:
-                r = max(trained, key=lambda r: r["train_score"]) if trained else (
-                    (min if better == "lower" else max)(sel, key=lambda r: r[metric]))
+            # chosen on the training split (`train_score`), never on the test metric; the position baseline is one row
+            r = best_probe(rows, target, variant, metric) if variant != "position" else next(
+                (r for r in rows if r["target"] == target and r["variant"] == "position"), None)
+            if r is not None:
                 best.append({"target": target, "variant": variant, "hook": r["hook"], "step": r["step"],
-                             "chosen on": "train" if trained else "test" if len(sel) > 1 else "-",
-                             "metric": metric, "value": r[metric],
-                             "lo": r[f"{metric}_lo"], "hi": r[f"{metric}_hi"], "n_test": r.get("n_test")})
+                             "metric": metric, "value": r[metric], "lo": r[f"{metric}_lo"], "hi": r[f"{metric}_hi"],
+                             "n_test": r.get("n_test")})
     page.parts.append("<p>Best probe per target and variant: the (layer, step) with the best score on the training "
                       "images (<code>train_score</code>), reported on the test split, so the test value is not "
-                      "inflated by the choice (\"chosen on: test\" marks older metrics without training scores, where "
-                      "it is). Every probe: <code>probes/metrics.parquet</code>; every edit: "
+                      "inflated by the choice. Every probe: <code>probes/metrics.parquet</code>; every edit: "
                       "<code>interventions/metrics.parquet</code>.</p>")
-    page.parts.append(html_table(best, ["target", "variant", "hook", "step", "chosen on", "metric", "value", "lo",
-                                        "hi", "n_test"]))
+    page.parts.append(html_table(best, ["target", "variant", "hook", "step", "metric", "value", "lo", "hi",
+                                        "n_test"]))
 
 
 def build_report(output: str, examples: int = 4, out: str | None = None) -> Path:
@@ -377,8 +347,8 @@ def build_report(output: str, examples: int = 4, out: str | None = None) -> Path
     page = Page(output, Path(out or os.path.join(output, "report")))
     page.out_dir.mkdir(parents=True, exist_ok=True)
     cfg = stored_config(output)
-    probes = read_table(output, "probes/metrics.parquet")
-    inter = read_table(output, "interventions/summary.parquet")
+    probes = read_rows(output, PROBE_METRICS)
+    inter = read_rows(output, INTERVENTION_SUMMARY)
     overview(page, cfg, probes, inter)
     probe_heatmaps(page, probes)
     probe_curves(page, probes)
@@ -394,22 +364,3 @@ def build_report(output: str, examples: int = 4, out: str | None = None) -> Path
     path = page.out_dir / "index.html"
     path.write_text(doc, encoding="utf-8")
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workflows.report", description="Write a run's HTML report.")
-    parser.add_argument("run", help="the run's output location")
-    parser.add_argument("--examples", type=int, default=4, help="test images shown per figure")
-    parser.add_argument("--out", default=None, help="report folder (default: <run>/report)")
-    args = parser.parse_args(argv)
-    try:
-        path = build_report(args.run, args.examples, args.out)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

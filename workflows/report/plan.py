@@ -15,12 +15,11 @@ from pathlib import Path
 import fsspec
 
 from ldm.architecture import describe_hook_points, image_size
-from workflows.config import RunConfig
-from workflows.progress import format_bytes
-from workflows.prompts import build_plan
-
-FLOAT32_EXTRAS = ("latent", "x0")  # as stored by workflows.store
-TARGETS = ("saliency", "depth")
+from workflows.config import TARGETS, RunConfig
+from workflows.stages.progress import format_bytes
+from workflows.stages.prompts import build_plan
+from workflows.store import FLOAT32_EXTRAS
+from workflows.store.paths import IMAGES, VARIANTS, labels
 
 
 @dataclass
@@ -60,14 +59,14 @@ def plan_run(cfg: RunConfig, variants: tuple[str, ...] = ("ldm", "permuted", "sh
     hooks = [name for name, p in points.items() if p.kind == "unet"] if cfg.hooks is None else list(cfg.hooks)
     recorded = hooks + list(cfg.extras)
     height, width, _ = image_size(cfg.model, cfg.height, cfg.width)
-    arrays = [ArrayPlan("images", (n, height, width, 3), "uint8")]
+    arrays = [ArrayPlan(IMAGES, (n, height, width, 3), "uint8")]
     for variant in (v for v in variants if v != "shuffled"):
-        prefix = "" if variant == "ldm" else f"variants/{variant}/"
+        prefix = "" if variant == "ldm" else f"{VARIANTS}/{variant}/"
         for name in recorded:
             p = points[name]
             dtype = "float32" if name in FLOAT32_EXTRAS else "float16"
             arrays.append(ArrayPlan(f"{prefix}acts/{name}", (n, cfg.steps, p.height, p.width, p.channels), dtype))
-    arrays += [ArrayPlan(f"labels/{t}", (n, height, width), "float32") for t in TARGETS]
+    arrays += [ArrayPlan(labels(t), (n, height, width), "float32") for t in TARGETS]
     model_variants = [v for v in variants if v in ("ldm", "permuted")]
     groups = len(model_variants) * len(recorded) * cfg.steps
     shuffled = len(recorded) * cfg.steps if "shuffled" in variants else 0  # fit on the model's own slices

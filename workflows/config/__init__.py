@@ -1,0 +1,19 @@
+"""The typed config of a run: `RunConfig` and its sections (the interventions section is `InterventionConfig`), how a
+file maps onto them (`schema`), loading with `--set` overrides (`loading`), the names a config chooses from (`names`).
+
+Room of `workflows`: the bottom; imports nothing of `workflows` (only `ldm.errors` and `ldm.hooks`' names).
+"""
+
+from workflows.config.interventions import EditSettings, InterventionConfig, TargetSpec, default_hooks
+from workflows.config.loading import dump_config, from_dict, load_config, parse_override
+from workflows.config.names import EXTRAS, METHODS, STAGES, TARGETS
+from workflows.config.run_config import (RUNTIME_FIELDS, STAGE_SECTIONS, LabelerConfig, LabelsConfig, ProbesConfig,
+                                         PromptsConfig, RunConfig, data_differences, validate)
+from workflows.config.schema import ConfigError, flatten, to_dict
+
+
+
+__all__ = ["ConfigError", "EXTRAS", "EditSettings", "InterventionConfig", "LabelerConfig", "LabelsConfig", "METHODS", "ProbesConfig",
+           "PromptsConfig", "RUNTIME_FIELDS", "RunConfig", "STAGES", "STAGE_SECTIONS", "TARGETS",
+           "TargetSpec", "data_differences", "default_hooks", "dump_config", "flatten", "from_dict", "load_config",
+           "parse_override", "to_dict", "validate"]

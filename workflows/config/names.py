@@ -1,0 +1,12 @@
+"""The names a config chooses from, each defined once: stages, probe targets (= intervention tasks), edit methods and
+the capture extras (ldm's)."""
+
+from __future__ import annotations
+
+from ldm.hooks import EXTRAS
+
+STAGES = ("generate", "controls", "label", "probe", "intervene", "report")  # in the order a run chains them
+TARGETS = ("saliency", "depth")  # probe targets, label targets and intervention tasks
+METHODS = ("paper", "closed-form", "random")  # edit methods (workflows.stages.edits), in the order they run
+
+__all__ = ["EXTRAS", "METHODS", "STAGES", "TARGETS"]

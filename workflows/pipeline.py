@@ -1,0 +1,91 @@
+"""The run, in stage order: generate, controls, label, probe, intervene, report; locally or on Ray.
+
+Every stage is a plain function of the run config (`workflows.stages`) that takes its executor: here is where a run
+chooses between this process and Ray's actor pools and tasks (`workflows.ray`). Every stage is resumable on its own
+and skips finished work; a stage that leaves work undone (failed shards or units) stops the chain, since later stages
+would run on partial data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import TextIO
+
+from workflows.config import STAGES, RunConfig
+from workflows.ray.generate import shard_runner
+from workflows.ray.interventions import animate_on_ray, unit_runner
+from workflows.ray.session import ensure_ray
+from workflows.ray.tasks import fit_groups_with_ray, label_runner
+from workflows.report.page import build_report
+from workflows.stages.animate import animate_run
+from workflows.stages.generate import check_inputs, generate, generate_controls, local_runner
+from workflows.stages.grid import probe_run
+from workflows.stages.interventions import run_interventions
+from workflows.stages.labels import label_run
+from workflows.stages.prompts import build_plan
+from workflows.store import check_output, require_run
+
+
+def check_before_start(cfg: RunConfig, stages: tuple[str, ...], resume: bool) -> None:
+    """Refuse what can be refused cheaply, before Ray starts: a generation's inputs (model, scheduler, dtype, output,
+    prompts), or a missing run for the later stages."""
+    if "generate" in stages or "controls" in stages:
+        check_inputs(cfg, in_ray_job=bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")))
+        if "generate" in stages and not check_output(cfg, resume):
+            build_plan(cfg)  # a new run's prompts: a missing file or column is named now
+    else:
+        require_run(cfg, stages[0])
+
+
+def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = STAGES, *, resume: bool = False, use_ray: bool = True,
+                 address: str | None = None, fresh: bool = False, stream: TextIO | None = None) -> str | None:
+    """Run `stages` of `cfg`, in the order of STAGES; returns the first stage that left work undone, or None."""
+    stream = stream or sys.stderr
+    stages = tuple(s for s in STAGES if s in stages)
+    check_before_start(cfg, stages, resume)
+    if use_ray:
+        ensure_ray(address)  # one Ray session for every stage
+
+    def shards(c: RunConfig):
+        return shard_runner(c, address) if use_ray else local_runner(c)
+
+    # 1. Generate: images and every hook point's activations, shard by shard, into the store.
+    if "generate" in stages:
+        if not generate(cfg, resume=resume, run_shards=shards(cfg), stream=stream).ok:
+            return "generate"
+    # 2. Controls: the same prompts and seeds through the permuted-weights U-Net, into variants/.
+    if "controls" in stages:
+        if not all(r.ok for r in generate_controls(cfg, runner=shards, stream=stream).values()):
+            return "controls"
+    # 3. Label: pseudo-labels for every finished shard, per target.
+    if "label" in stages:
+        label_run(cfg, label_runner(cfg) if use_ray else None, stream=stream)
+    # 4. Probe: the probe grid with its controls, scored on the test split.
+    if "probe" in stages:
+        probe_run(cfg, (lambda data: fit_groups_with_ray(cfg.output, data)) if use_ray else None, stream=stream)
+    # 5. Intervene: edits along the probes, re-labelled and scored; then the moving-object GIF.
+    if "intervene" in stages and not intervene(cfg, use_ray, address, fresh, stream):
+        return "intervene"
+    # 6. Report: <output>/report/index.html from whatever stages have run.
+    if "report" in stages:
+        require_run(cfg, "report")
+        print(f"report: {build_report(cfg.output)}", file=stream, flush=True)
+    return None
+
+
+def intervene(cfg: RunConfig, use_ray: bool, address: str | None, fresh: bool, stream: TextIO) -> bool:
+    """The interventions stage with the config's `interventions` section and the run's labelers, then the
+    moving-object GIF with the same edit settings (the paper's application, for the report)."""
+    require_run(cfg, "intervene")
+    specs = {t: dataclasses.asdict(getattr(cfg.labels, t)) for t in cfg.probes.targets}
+    icfg = cfg.interventions
+    runner = unit_runner(cfg.output, icfg, labeler_specs=specs, address=address) if use_ray else None
+    result = run_interventions(cfg.output, icfg, run_units=runner, fresh=fresh, stream=stream, labeler_specs=specs)
+    if result.ok and "saliency" in icfg.tasks:
+        if use_ray:
+            animate_on_ray(cfg.output, result.config, address)
+        else:
+            animate_run(cfg.output, cfg=result.config)
+    return result.ok

@@ -1,0 +1,45 @@
+"""The run's output location: a Zarr v3 activation store, completion records and Parquet tables.
+
+Layout of `<output>` (a local path or an fsspec URL; every path is named once in `workflows.store.paths`; see
+docs/store.md):
+
+    store.zarr/               Zarr v3 group; attrs["sceneprobe"] holds the run config, the hook shapes and "format": 1
+      images                  (image, y, x, rgb) uint8
+      prompt, seed, split     (image,) the plan; `shard` (image,) int32 says which work shard made the image
+      acts/<name>/act         (image, step, h, w, c) float16 per hook point; float32 for the "latent" and "x0" extras
+      labels/<target>         (image, y, x) float32 pseudo-labels (the label stage)
+      interventions/<task>/<method>/images   (image, target, y, x, rgb) uint8 edited test images
+    shards/<shard>.json       completion record, written last: the shard's data is valid only if this exists
+    shards/<shard>.failed.json  written when a shard failed all its attempts; removed when it later completes
+    label_records/<target>/<shard>.json      a label shard's completion record
+    probes/rows/<variant>/<hook>/<step>.json a probe group's completion record (its metric rows)
+    probes/weights/...        the fitted probes (safetensors); probes/metrics.parquet the grid's table
+    interventions/records/... an intervention unit's completion record; config.json, metrics.parquet,
+                              summary.parquet, calibration.parquet/.json, moving_object.gif beside them
+    variants/<name>/          a control model's run (the permuted-weights U-Net), laid out like this one
+    manifest.parquet          one row per image: image, prompt, seed, split, shard, status
+    config.yaml               the run config, written last when the store is created
+
+Activations use Zarr sharding: one Zarr shard (one object) per batch of `batch_size` images holds every step, as inner
+chunks `(batch_size, 1, h, w, c)`. One (hook, step) for all images is one contiguous byte range per batch; a batch is
+written whole, once. `batch_size` divides `shard_size`, so no Zarr shard is ever shared by two work shards: each work
+shard has exactly one writer. Every unit of work publishes its outputs with one completion record
+(`workflows.store.records`), so a crash or a kill leaves the store consistent and resumable.
+
+Room of `workflows`: below the stages, above `workflows.config`; imports only `workflows.config` (and `ldm.errors`).
+"""
+
+from workflows.store.files import bytes_on_disk, read_file, read_table, remove_file, write_atomic, write_table
+from workflows.store.records import Records
+from workflows.store.run_store import (FLOAT32_EXTRAS, FORMAT, Layout, NoRunError, Plan, RunExistsError, check_output,
+                                       complete_images, completion_records, create_store, failure_records, load_layout,
+                                       load_plan, load_run_config, mark_failed, open_store, read_manifest, require_run,
+                                       shard_ranges, shard_records, shard_states, stored_config, take_images,
+                                       write_manifest)
+from workflows.store.writer import ShardWriter
+
+__all__ = ["FLOAT32_EXTRAS", "FORMAT", "Layout", "NoRunError", "Plan", "Records", "RunExistsError", "ShardWriter",
+           "bytes_on_disk", "check_output", "complete_images", "completion_records", "create_store",
+           "failure_records", "load_layout", "load_plan", "load_run_config", "mark_failed", "open_store",
+           "read_file", "read_manifest", "read_table", "remove_file", "require_run", "shard_ranges", "shard_records", "shard_states",
+           "stored_config", "take_images", "write_atomic", "write_manifest", "write_table"]

@@ -1,0 +1,60 @@
+"""Every path under a run's output location, named once (the on-disk contract is `workflows.store`'s docstring and
+docs/CONTRACTS.md). Paths are relative to `<output>`, with "/" separators, for local folders and object stores alike;
+arrays are relative to the Zarr group `STORE`."""
+
+from __future__ import annotations
+
+STORE = "store.zarr"  # the Zarr group; records and tables sit beside it
+CONFIG = "config.yaml"  # the run config, written last when the store is created
+MANIFEST = "manifest.parquet"  # one row per image: image, prompt, seed, split, shard, status
+VARIANTS = "variants"  # variants/<name>/: a control model's run, laid out like this one
+
+# completion records (workflows.store.records): the unit's outputs are valid exactly when its record exists
+SHARD_RECORDS = "shards"  # shards/<shard:06d>.json (and .failed.json)
+PROBE_ROWS = "probes/rows"  # probes/rows/<variant>/<hook>/<step>.json: a probe group's metric rows
+INTERVENTION_RECORDS = "interventions/records"  # interventions/records/<unit key>.json
+
+PROBE_METRICS = "probes/metrics.parquet"
+INTERVENTIONS = "interventions"  # the intervention stage's folder
+INTERVENTION_CONFIG = f"{INTERVENTIONS}/config.json"
+INTERVENTION_METRICS = f"{INTERVENTIONS}/metrics.parquet"
+INTERVENTION_SUMMARY = f"{INTERVENTIONS}/summary.parquet"
+CALIBRATION = "calibration"  # the calibration's records folder and table name
+CALIBRATION_TABLE = f"{INTERVENTIONS}/{CALIBRATION}.parquet"
+CALIBRATION_CHOICE = f"{INTERVENTIONS}/{CALIBRATION}.json"
+MOVING_OBJECT_GIF = f"{INTERVENTIONS}/moving_object.gif"
+REPORT = "report/index.html"
+
+IMAGES = "images"  # (image, y, x, rgb) uint8
+
+
+def label_records(target: str) -> str:
+    return f"label_records/{target}"  # label_records/<target>/<shard:06d>.json
+
+
+def shard_key(shard: int) -> str:
+    return f"{shard:06d}"
+
+
+def activations(hook: str) -> str:
+    """(image, step, h, w, c) float16 (float32 for the latent and x0 extras)."""
+    return f"acts/{hook}/act"
+
+
+def labels(target: str) -> str:
+    """(image, y, x) float32 pseudo-labels."""
+    return f"labels/{target}"
+
+
+def probe_weights(group_path: str) -> str:
+    return f"probes/weights/{group_path}.safetensors"
+
+
+def edited_images(task: str, method: str) -> str:
+    """(image, target, y, x, rgb) uint8: a (task, method)'s edited test images."""
+    return f"{INTERVENTIONS}/{task}/{method}/images"
+
+
+def variant_output(output: str, variant: str) -> str:
+    """Where a model variant's run lives: the run itself for "ldm", `variants/<name>` for a control."""
+    return output if variant == "ldm" else f"{output.rstrip('/')}/{VARIANTS}/{variant}"
