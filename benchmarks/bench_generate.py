@@ -4,7 +4,7 @@
     python benchmarks/bench_generate.py --model PATH --images 16 --steps 5 --threads 1
     python benchmarks/bench_generate.py --costs costs.json   # measured seconds per image, for `sceneprobe plan`
 
-Runs (1) plain `model.generate` over the run's batches and (2) `workflows.generate.generate_shard` over the same shards
+Runs (1) plain `model.generate` over the run's batches and (2) `workflows.stages.shard.generate_shard` over the same shards
 (capture of every hook point and the latent, float16 conversion, Zarr chunk writes, completion records), alternating
 `--repeat` times and keeping the fastest of each. Prints both rates, their ratio and the bytes stored per image.
 Target on the toy model on CPU: ratio <= 1.25.

@@ -1,4 +1,4 @@
-"""The headline comparison (workflows/findings.py) on metric rows whose answer is known."""
+"""The headline comparison (workflows/report/findings.py) on metric rows whose answer is known."""
 
 import numpy as np
 

@@ -65,3 +65,20 @@ def test_only_data_fields_count_as_differences():
     assert data_differences(a, b) == []
     b.steps, b.prompts.first_seed = 10, 5
     assert data_differences(a, b) == ["prompts.first_seed", "steps"]
+
+
+def test_the_interventions_section_is_typed_and_round_trips():
+    from workflows.config import InterventionConfig, TargetSpec, from_dict, to_dict
+
+    cfg = from_dict({"interventions": {"saliency_hooks": "all", "calibrate": {"saliency": [8, 16]},
+                                       "targets": {"count": 2}, "tasks": ["saliency"]}})
+    icfg = cfg.interventions
+    assert isinstance(icfg, InterventionConfig) and isinstance(icfg.targets, TargetSpec)
+    assert icfg.saliency_hooks == "all" and icfg.calibrate == {"saliency": [8.0, 16.0]} and icfg.tasks == ("saliency",)
+    stored = to_dict(cfg)
+    assert "chosen" not in stored["interventions"]  # set by the calibration, never part of a config
+    assert from_dict(stored) == cfg
+    with pytest.raises(ConfigError, match=r"interventions.saliency_hooks: expected a list or a string or null"):
+        from_dict({"interventions": {"saliency_hooks": 3}})
+    with pytest.raises(ConfigError, match=r"interventions.calibrate.saliency\[1\]: expected a number"):
+        from_dict({"interventions": {"calibrate": {"saliency": [8, "x"]}}})

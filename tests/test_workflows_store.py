@@ -202,3 +202,21 @@ def test_take_images_matches_orthogonal_selection(tmp_path):
         for index in ((1,), ()):
             expected = arr.get_orthogonal_selection((images, *index))
             np.testing.assert_array_equal(take_images(arr, images, *index), expected)
+
+
+def test_a_store_of_another_format_is_refused(clean, tmp_path):
+    """The store's format number is checked on read: a store written by an incompatible version is an error, not
+    silently misread."""
+    import shutil
+
+    from ldm.errors import UserError
+    from workflows.store import FORMAT, load_layout
+
+    copy = tmp_path / "copy"
+    shutil.copytree(clean.output, copy)
+    root = zarr.open_group(str(copy / "store.zarr"), mode="r+")
+    meta = dict(root.attrs["sceneprobe"])
+    assert meta["format"] == FORMAT
+    root.attrs["sceneprobe"] = {**meta, "format": FORMAT + 1}
+    with pytest.raises(UserError, match=f"store format {FORMAT + 1}.*reads format {FORMAT} only"):
+        load_layout(str(copy))

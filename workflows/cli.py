@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from workflows.config import METHODS
+from workflows.config import METHODS, STAGES
 
 
 def cmd_hooks(args: argparse.Namespace) -> int:
@@ -94,7 +94,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sceneprobe", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_run_commands(sub)
+    add_tool_commands(sub)
+    add_toy_commands(sub)
+    return parser
 
+
+def add_run_commands(sub) -> None:
+    """`run`, one subcommand per stage, and `status`: `workflows.run`, the entry point `ray job submit` runs too."""
+    from workflows.run import add_arguments, run_command, status_command
+
+    run = sub.add_parser("run", help="run every stage of a config (resumable with --resume)")
+    add_arguments(run)
+    run.set_defaults(func=lambda a: run_command(a, STAGES))
+    single = {
+        "generate": "generate images and activations into the run's store (Ray)",
+        "controls": "generate the control variants (the permuted-weights U-Net) into variants/",
+        "label": "pseudo-label the finished images (depth, salient object)",
+        "probe": "fit and score the probe grid with its controls",
+        "intervene": "edit activations so probes read moved masks / shifted depth, and score the images",
+        "report": "write <output>/report/index.html",
+    }
+    for stage, help_text in single.items():
+        parser_ = sub.add_parser(stage, help=help_text)
+        add_arguments(parser_)
+        if stage == "intervene":
+            parser_.add_argument("--fresh", action="store_true", help="discard earlier intervention results")
+        parser_.set_defaults(func=lambda a, stage=stage: run_command(a, (stage,)))
+    status = sub.add_parser("status", help="show a run's shard states")
+    status.add_argument("run", help="a run's output location, or its config file")
+    status.set_defaults(func=status_command)
+
+
+def add_tool_commands(sub) -> None:
+    """Commands around a run: hook tables, the plan, the demo, the animation, the findings."""
     hooks = sub.add_parser("hooks", help="list a model's hook points (self-attention outputs and extras)")
     hooks.add_argument("model", help='"toy", a local diffusers folder, or a hub id in the local cache')
     hooks.add_argument("--height", type=int, default=None, help="image height in pixels (default: native)")
@@ -135,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     findings.add_argument("--svg", default="", help="also write the curves as SVG-<target>.svg")
     findings.set_defaults(func=cmd_findings)
 
+
+def add_toy_commands(sub) -> None:
+    """The embedded toy world: retrain it, measure it."""
     toy = sub.add_parser("toy", help="the embedded toy world: retrain it, measure it").add_subparsers(
         dest="toy_command", required=True)
     train = toy.add_parser("train", help="retrain the toy labelers and the toy LDM from scratch (hours on 2 cores)")
@@ -159,31 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--json", default="", help="write the numbers here")
     quality.add_argument("--vae-sheet", default="", help="PNG of 8 held-out renders above their VAE round trips")
     quality.set_defaults(func=cmd_toy_quality)
-
-    # run / generate / status: workflows.run (the same entry point as `python -m workflows.run` for `ray job submit`)
-    from workflows.run import STAGES, add_arguments, run_command, status_command
-
-    run = sub.add_parser("run", help="run every stage of a config (resumable with --resume)")
-    add_arguments(run)
-    run.set_defaults(func=lambda a: run_command(a, STAGES))
-    single = {
-        "generate": "generate images and activations into the run's store (Ray)",
-        "controls": "generate the control variants (the permuted-weights U-Net) into variants/",
-        "label": "pseudo-label the finished images (depth, salient object)",
-        "probe": "fit and score the probe grid with its controls",
-        "intervene": "edit activations so probes read moved masks / shifted depth, and score the images",
-        "report": "write <output>/report/index.html",
-    }
-    for stage, help_text in single.items():
-        parser_ = sub.add_parser(stage, help=help_text)
-        add_arguments(parser_)
-        if stage == "intervene":
-            parser_.add_argument("--fresh", action="store_true", help="discard earlier intervention results")
-        parser_.set_defaults(func=lambda a, stage=stage: run_command(a, (stage,)))
-    status = sub.add_parser("status", help="show a run's shard states")
-    status.add_argument("run", help="a run's output location, or its config file")
-    status.set_defaults(func=status_command)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

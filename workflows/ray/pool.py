@@ -66,7 +66,10 @@ class ActorPool:
             max_retries: int, on_done: Callable[[Any, Any], None], on_failed: Callable[[Any, str], None],
             on_tick: Callable[[], None] = lambda: None, tick_seconds: float = 1.0) -> list:
         """Run `items`; returns those never attempted (every actor lost), normally []. `on_done(item, result)` and
-        `on_failed(item, error)` run in the driver, one at a time."""
+        `on_failed(item, error)` run in the driver, one at a time.
+
+        One loop, longer than most functions here on purpose: the queue, the attempts and each actor's state (idle,
+        running, restarting, dropped) are shared by every branch, and split apart they would travel as arguments."""
         queue = deque(items)
         attempts = {key(i): 0 for i in items}
         failed_on: dict[Hashable, set[int]] = {key(i): set() for i in items}

@@ -173,7 +173,7 @@ def calibration_units(inputs: StageInputs, cfg: InterventionConfig) -> list[Unit
 
 
 def labeler_spec(output: str, task: str) -> dict:
-    """The `workflows.labels.load_labeler` arguments that re-create the labeler the run's labels came from."""
+    """The `workflows.stages.labels.load_labeler` arguments that re-create the labeler the run's labels came from."""
     attrs = dict(open_store(output)[labels(task)].attrs)
     name, version = attrs.get("labeler", ""), attrs.get("version", "")
     if name.startswith("toy-"):
