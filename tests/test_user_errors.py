@@ -123,3 +123,24 @@ def test_entry_points_print_one_line(tmp_path, entry):
     proc = subprocess.run([sys.executable, *entry, config], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: steps: expected an integer") and proc.stderr.count("\n") == 1
+
+
+def test_a_user_error_raised_inside_ray_is_its_own_one_line(capsys):
+    """Ray wraps an exception raised in a task or actor; the driver prints the user's message, not Ray's traceback."""
+    import argparse
+
+    ray = pytest.importorskip("ray")
+    from ldm.errors import UserError
+    from workflows.run import exit_status
+
+    wrapped = ray.exceptions.RayTaskError("label_task", "Traceback (most recent call last): ...",
+                                          UserError("labeler checkpoint 'x' not found; pass labels.depth.checkpoint"))
+    remote = wrapped.as_instanceof_cause()
+    assert isinstance(remote, UserError)
+
+    def command(args):
+        raise remote
+
+    assert exit_status(command, argparse.Namespace(debug=False)) == 2
+    err = capsys.readouterr().err
+    assert err == "error: labeler checkpoint 'x' not found; pass labels.depth.checkpoint\n"

@@ -44,6 +44,8 @@ def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = STAGES, *, resume: bo
     """Run `stages` of `cfg`, in the order of STAGES; returns the first stage that left work undone, or None."""
     stream = stream or sys.stderr
     stages = tuple(s for s in STAGES if s in stages)
+    if not stages:
+        return None
     check_before_start(cfg, stages, resume)
     if use_ray:
         ensure_ray(address)  # one Ray session for every stage
