@@ -1,7 +1,7 @@
 """Generate one work shard: images plus every captured activation, streamed straight into the store.
 
-Plain functions, no Ray: `workflows.ray.generate` runs `generate_shard` inside actors, and `generate_local` runs a whole
-run in this process (tests, debugging, a single machine without Ray).
+Plain functions, no Ray: `workflows.ray.generate` runs `generate_shard` inside actors, and
+`workflows.stages.generate.local_runner` runs a whole run in this process (tests, debugging, one machine without Ray).
 """
 
 from __future__ import annotations
