@@ -105,3 +105,22 @@ def test_a_head_that_does_not_come_up_is_one_error_with_its_own_output(tmp_path,
         with local_head(num_cpus=1, extra_args=("--no-such-flag",)):
             pass
     assert "no-such-flag" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sceneprobe_generate_on_a_new_local_cluster_from_an_empty_home(sd1_path, prompts_file, tmp_path):
+    """`sceneprobe generate CONFIG` without an address starts its own local Ray (token authentication on, as Ray
+    defaults to) on a machine that never ran Ray, and prints no token warning."""
+    home = tmp_path / "home"
+    home.mkdir()
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(sd1_path), "steps": 1, "prompts": {"source": "file", "path": str(prompts_file)},
+        "num_images": None, "shard_size": 2, "batch_size": 2, "hooks": ["mid_0"], "actors": 1,
+        "output": str(tmp_path / "run")}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    proc = subprocess.run([str(VENV_BIN / "python"), "-m", "workflows.cli", "generate", str(config)], cwd=REPO,
+                          env={**env, "HOME": str(home), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4/4 images complete" in proc.stderr and "Token authentication" not in proc.stderr

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
+
+# Ray warns, on every new local cluster, that it turned token authentication on by itself: it is the setting we want,
+# and the warning is all a newcomer sees of it. (Setting RAY_AUTH_MODE here instead would not do: Ray reads it into
+# its native config at import, and a driver and a GCS that disagree on it cannot talk.)
+TOKEN_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+class _DropTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return TOKEN_AUTH_NOTICE not in record.getMessage()
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -12,8 +23,8 @@ def ensure_ray(address: str | None = None) -> None:
     import ray
 
     if not ray.is_initialized():
-        # A new local cluster turns token authentication on by itself and warns about it; saying so is the same
-        # setting without the warning. A cluster joined by address keeps its own mode.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        source = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        if not any(isinstance(f, _DropTokenNotice) for f in source.filters):
+            source.addFilter(_DropTokenNotice())
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
                  logging_level="WARNING")
