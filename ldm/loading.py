@@ -114,6 +114,17 @@ class LoadedModel:
         )
         return (np.clip(out.images, 0.0, 1.0) * 255).round().astype(np.uint8)
 
+    @torch.no_grad()
+    def encode(self, images: np.ndarray, batch: int = 16) -> np.ndarray:
+        """The VAE's latent (posterior mean) of uint8 `(image, H, W, 3)` images: float32 `(image, h, w, c)`. A fixed
+        network the run already holds, so it serves as a perceptual feature space (edit integrity)."""
+        vae, out = self.pipe.vae, []
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch])).to(vae.device, vae.dtype)
+            z = vae.encode(x.permute(0, 3, 1, 2) / 127.5 - 1).latent_dist.mean
+            out.append(z.float().permute(0, 2, 3, 1).cpu().numpy())
+        return np.concatenate(out)
+
 
 def resolve_device(device: str) -> str:
     if device == "auto":

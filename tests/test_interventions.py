@@ -285,13 +285,15 @@ def test_ray_pool_matches_the_local_stage(tiny_run, model, tmp_path):
                                   open_store(tiny_run)[images_path("saliency", "closed-form")][9])
 
 
-def test_choose_strengths_takes_the_best_mean_gain_and_the_weaker_on_ties():
+def test_choose_strengths_takes_the_best_success_not_the_best_gain_and_the_weaker_on_ties():
     from workflows.stages.interventions import choose_strengths
 
-    table = [{"task": "saliency", "method": "closed-form", "strength": s, "gain": g}
-             for s, g in ((16.0, 0.3), (4.0, 0.1), (8.0, 0.3))]
-    table += [{"task": "saliency", "method": "paper", "strength": s, "gain": g} for s, g in ((1.0, -0.2), (2.0, -0.1))]
-    assert choose_strengths(table) == {"saliency/closed-form": 8.0, "saliency/paper": 2.0}
+    # x32 has the biggest gain but breaks the picture (success 0): the calibration must not prefer it
+    table = [{"task": "saliency", "method": "closed-form", "strength": s, "gain": g, "success": ok}
+             for s, g, ok in ((16.0, 0.3, 0.6), (4.0, 0.1, 0.2), (8.0, 0.2, 0.6), (32.0, 0.5, 0.0))]
+    table += [{"task": "saliency", "method": "paper", "strength": s, "gain": g, "success": 0.0}
+              for s, g in ((1.0, -0.2), (2.0, 0.4))]
+    assert choose_strengths(table) == {"saliency/closed-form": 8.0, "saliency/paper": 1.0}
 
 
 def test_calibration_chooses_strength_on_training_images(tiny_run, model, tmp_path):
@@ -338,3 +340,43 @@ def test_calibration_chooses_strength_on_training_images(tiny_run, model, tmp_pa
     assert stage_settings(run).strength_of("saliency", "random") == chosen
     again = run_interventions(run, cfg, model=model, labelers=fake_labelers(), stream=io.StringIO())
     assert again.done == 0 and again.skipped == 10 and again.config.chosen == result.config.chosen
+
+
+def test_destroyed_images_never_count_as_success():
+    """Constant, noise and blob images that sit exactly on the target score high Dice to it, yet must never be judged
+    a success: the background or the object was not kept."""
+    from probes.integrity import background_distance, moved_region, object_distance
+    from workflows.stages.interventions import judge
+
+    rng = np.random.default_rng(0)
+    H = W = 32
+    yy, xx = np.mgrid[:H, :W]
+    unedited = np.stack([(xx * 8) % 256, (yy * 8) % 256, np.full((H, W), 90)], -1).astype(np.uint8)  # textured floor
+    original = ((yy - 12) ** 2 + (xx - 10) ** 2 < 25).astype(np.float32)  # the object's mask
+    unedited[original > 0] = (200, 30, 30)  # a red object
+    target = np.roll(original, 8, axis=1)  # moved 8 px right
+    intact = unedited.copy()
+    intact[original > 0] = unedited[0, 0]  # the object's old place painted with background ...
+    intact[target > 0] = (200, 30, 30)  # ... and the object drawn at the target: the edit we want
+    redrawn = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)  # another seed: a different picture
+    blob = unedited.copy()
+    blob[target > 0] = 255  # a white blob on the target, background kept
+    destroyed = {"constant": np.full((H, W, 3), 255, np.uint8), "noise": rng.integers(0, 256, (H, W, 3), np.uint8),
+                 "blob": blob}
+    region = moved_region(original, target[None], "saliency")
+    cfg = InterventionConfig()
+
+    def row(image: np.ndarray) -> dict:
+        latent = image.astype(np.float32)[::8, ::8] / 255  # a stand-in feature map (4 x 4)
+        return judge({"task": "saliency", "score_after": 1.0, "gain": 0.9,  # a perfect Dice to the target
+                      "background_rmse": background_distance(image[None], unedited, region)[0],
+                      "background_rmse_seed": background_distance(redrawn[None], unedited, region)[0],
+                      "background_latent": float(np.abs(latent - unedited[::8, ::8] / 255).mean()),
+                      "background_latent_seed": float(np.abs(redrawn[::8, ::8] / 255 - unedited[::8, ::8] / 255).mean()),
+                      "object_distance": object_distance(unedited, original > 0, image[None], target[None] > 0)[0],
+                      "colour_kept": float("nan")}, cfg)
+
+    assert row(intact)["success"] == 1.0  # the check is not a wall every edit fails
+    for name, image in destroyed.items():
+        judged = row(image)
+        assert judged["moved"] == 1.0 and judged["success"] == 0.0, name

@@ -94,6 +94,22 @@ def predict_colour(classifier, images: np.ndarray, masks: np.ndarray) -> np.ndar
     return out
 
 
+def colour_check(classifier_seeds: int = 300):
+    """`check(images, masks, caption)` -> `(n,)`: 1.0 where the colour read inside each mask is the colour of the
+    caption's first (salient) object, 0.0 where it is another, NaN where the mask is empty or no colour is named. The
+    reader is fit on the renders of training seeds `0..classifier_seeds-1` (a few seconds)."""
+    classifier = fit_colour_classifier(list(range(classifier_seeds)))
+
+    def check(images: np.ndarray, masks: np.ndarray, caption: str) -> np.ndarray:
+        named = caption_objects(caption)
+        if not named:
+            return np.full(len(images), np.nan)
+        read = predict_colour(classifier, images, masks)
+        return np.where(read < 0, np.nan, (read == COLOURS.index(named[0])).astype(np.float64))
+
+    return check
+
+
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a proportion k/n (sound near 0 and 1, unlike the normal approximation)."""
     if n == 0:

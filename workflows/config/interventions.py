@@ -75,6 +75,11 @@ class InterventionConfig:
     chosen: dict[str, float] = state(dict, by="the calibration (interventions.calibrate)")  # "task/method" -> strength, set by the calibration
     closed_form_units: str = "standardised"  # the closed form's minimal edit in the probe's standardised or raw units
     max_images: int | None = None  # None: every test image; else the first N (quick looks)
+    # success = moved AND intact (docs/interventions.md, "Integrity"); fixed before any edit is scored
+    success_dice: float = 0.5  # saliency moved: Dice(new mask, target) at least this
+    success_depth_gain: float = 0.1  # depth moved: RMSE to the target down by at least this (standardised units)
+    background_ratio: float = 0.5  # background kept: its distance (pixels and VAE latent) at most this x a new seed's
+    object_distance: float = 0.5  # object kept: colour-histogram distance (0-1) before/after at most this
     actors: int | None = None  # Ray: None = one per GPU, or one per `cpus_per_actor` CPUs
     cpus_per_actor: int = 1
     gpus_per_actor: float = 1.0
@@ -110,6 +115,12 @@ class InterventionConfig:
             both = [t for t in self.calibrate if isinstance(self.strength, dict) and t in self.strength]
             if both:
                 raise ConfigError(f"interventions: {', '.join(both)}: give either a strength or calibrate candidates, not both")
+        for name, low, high in (("success_dice", 0.0, 1.0), ("success_depth_gain", 0.0, None),
+                                ("background_ratio", 0.0, None), ("object_distance", 0.0, 1.0)):
+            value = getattr(self, name)
+            if not _positive(value) or (high is not None and value > high):
+                raise ConfigError(f"interventions.{name} must be in ({low:g}, {'inf' if high is None else f'{high:g}'}], "
+                                  f"got {value!r}")
         if not isinstance(self.calibrate_images, int) or self.calibrate_images < 1:
             raise ConfigError(f"interventions.calibrate_images must be a positive integer, got {self.calibrate_images!r}")
 

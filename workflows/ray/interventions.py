@@ -16,7 +16,8 @@ import ray
 from workflows.config import InterventionConfig
 from workflows.ray.pool import ActorPool, pool_size
 from workflows.ray.session import ensure_ray
-from workflows.stages.edit_units import Unit, Worker, gather_inputs, load_labelers, run_unit, store_sink
+from workflows.stages.edit_units import (Unit, Worker, colour_check_for, gather_inputs, load_labelers, run_unit,
+                                         store_sink)
 from workflows.stages.interventions import UnitRunner
 from workflows.stages.shard import load
 from workflows.store import load_run_config
@@ -39,7 +40,7 @@ class InterventionActor:
         model = load(load_run_config(output), device="auto")
         labelers = labelers or load_labelers(output, config.tasks, labeler_specs, device=str(model.device))
         self.worker = Worker(model, inputs.probes, dict(labelers), inputs.scaler, config, inputs.hooks,
-                             store_sink(output))
+                             store_sink(output), colour_check_for(model))
 
     def run(self, unit: Unit, attempt: int) -> list[dict]:
         return run_unit(self.worker, unit)

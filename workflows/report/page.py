@@ -235,21 +235,31 @@ def interventions(page: Page, cfg: dict | None, examples: int) -> tuple[list[dic
         return rows, summary
     page.parts.append("<p>Mean over test images (each image's targets averaged first) with 95% bootstrap intervals. "
                       "Saliency: Dice with the target mask, before (the unedited image) and after the edit; depth: "
-                      "RMSE to the shifted depth map. Gain is the improvement towards the target.</p>")
+                      "RMSE to the shifted depth map. Gain is the improvement towards the target. A gain alone can be "
+                      "won by breaking the picture, so an edit counts as a <b>success</b> only if it <i>moved</i> the "
+                      "label past the stated threshold <i>and</i> kept the picture <i>intact</i>: the background "
+                      "(pixels and the VAE's latent) changed by at most the stated fraction of what a new seed "
+                      "changes (<code>background_ratio</code>, <code>latent_ratio</code>), and the object kept its "
+                      "colours (<code>object_distance</code>, and in the toy world the caption's colour). Thresholds: "
+                      "docs/interventions.md.</p>")
 
     def strengths(table: list[dict]) -> list[dict]:  # "x8" rather than "8.000"
         return [{**r, "strength": f"x{r['strength']:g}" if r.get("strength") else None} for r in table]
 
     page.parts.append(html_table(strengths(summary or []), [
         "task", "method", "metric", "strength", "n_images", "n_edits", "score_before", "score_after", "gain", "gain_lo",
-        "gain_hi", "success", "edit_norm", "edit_seconds"]))
+        "gain_hi", "moved", "background_ratio", "latent_ratio", "object_distance", "intact", "success", "success_lo",
+        "success_hi", "edit_seconds"]))
     calibration = read_rows(page.output, CALIBRATION_TABLE)
     if calibration:
-        page.parts.append("<p>Strengths chosen on training images (never the test images): each candidate's mean "
-                          "gain on the first training images; the chosen one is used above (random edits take the "
-                          "strength of the edit whose norm they copy).</p>")
+        page.parts.append("<p>Strengths chosen on training images (never the test images): each candidate's success "
+                          "rate (moved and intact) on the first training images; the chosen one is used above "
+                          "(random edits take the strength of the edit whose norm they copy). The curves show where "
+                          "edits start breaking the picture: the gain may keep rising while success falls.</p>")
+        page.parts.append(dose_response(calibration))
         page.parts.append(html_table(strengths(calibration), ["task", "method", "strength", "n_images", "gain",
-                                                              "gain_lo", "gain_hi", "success", "edit_norm", "chosen"]))
+                                                              "gain_lo", "gain_hi", "moved", "background_ratio",
+                                                              "object_distance", "intact", "success", "chosen"]))
     store = open_store(page.output)
     tasks = [t for t in PRIMARY if any(r["task"] == t for r in rows)]
     data = _grid_data(page.output, tuple(tasks))
@@ -277,6 +287,21 @@ def interventions(page: Page, cfg: dict | None, examples: int) -> tuple[list[dic
         page.parts.append(f"<h3>{task}</h3><p>Original image, the target, and the edited result per method "
                           "(first target of each image).</p>" + "".join(lines))
     return rows, summary
+
+
+def dose_response(calibration: list[dict]) -> str:
+    """Per (task, method): strength -> gain and success rate (with intervals) and intact rate, on training images."""
+    charts = []
+    for task, method in sorted({(r["task"], r["method"]) for r in calibration}):
+        sel = sorted((r for r in calibration if (r["task"], r["method"]) == (task, method)), key=lambda r: r["strength"])
+        x = np.log2([r["strength"] for r in sel])
+        get = lambda key: np.array([np.nan if r.get(key) is None else r[key] for r in sel], float)  # noqa: E731
+        series = [Series("gain", x, get("gain"), get("gain_lo"), get("gain_hi")),
+                  Series("success", x, get("success"), get("success_lo"), get("success_hi")),
+                  Series("intact", x, get("intact"), dashed=True)]
+        charts.append(line_chart_svg(series, title=f"{task} {method}: dose-response (training images)",
+                                     xlabel="log2 strength", ylabel="gain / rate"))
+    return f"<div class='row'>{''.join(charts)}</div>"
 
 
 def animation(page: Page) -> None:

@@ -25,14 +25,17 @@ import numpy as np
 
 from ldm.errors import UserError
 from probes.linear import LinearProbe
+from probes.integrity import background_distance, feature_distance, moved_region, object_distance
 from probes.metrics import DepthScaler
 from probes.targets import draw_translations, make_targets
 from workflows.config import EXTRAS, InterventionConfig, default_hooks
 from workflows.stages.edits import METRIC, EditStats, ProbeTable, run_edits, score, standardise
 from workflows.stages.grid import load_probe, prepare_grid_data, read_metrics
 from workflows.stages.labels import load_labeler
-from workflows.store import load_layout, load_plan, load_run_config, open_store
-from workflows.store.paths import CALIBRATION, edited_images, labels
+from workflows.store import load_layout, load_plan, load_run_config, open_store, take_images
+from workflows.store.paths import CALIBRATION, IMAGES, edited_images, labels
+
+REFERENCE_SEED_OFFSET = 7919  # the seed-reference image of a unit: same prompt, seed + this, no edit
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Unit:
     seed: int
     label: np.ndarray  # (H, W) the image's own label in the probes' units (0/1 mask, or standardised depth)
     translations: np.ndarray  # (target, 2) tx, ty in pixels
+    unedited: np.ndarray  # (H, W, 3) uint8: the image as the run generated it (same prompt and seed, no edit)
     strength: float = 1.0
     calibration: bool = False
 
@@ -68,10 +72,13 @@ class Worker:
     cfg: InterventionConfig
     hooks: dict[str, list[str]]
     sink: Callable[[Unit, np.ndarray], None] | None = None
+    # (images, masks, caption) -> (n,) 1.0 where the caption's colour is read inside the mask (toy world), else None
+    colour_check: Callable[[np.ndarray, np.ndarray, str], np.ndarray] | None = None
 
 
 def run_unit(worker: Worker, unit: Unit) -> list[dict]:
-    """Edit, generate, re-label and score every target of `unit`; returns one row per target (see docs)."""
+    """Edit, generate, re-label and score every target of `unit`, and measure whether each edited image stayed
+    intact (`integrity`); returns one row per target (docs/CONTRACTS.md, interventions/metrics.parquet)."""
     cfg, task = worker.cfg, unit.task
     original = np.asarray(unit.label, np.float32)
     targets = make_targets(original, unit.translations, task)
@@ -82,7 +89,7 @@ def run_unit(worker: Worker, unit: Unit) -> list[dict]:
                        image=unit.image, stats=stats)
     seconds = time.perf_counter() - start
     new = standardise(task, worker.labelers[task](images), worker.scaler)
-    scores = score(task, new, original, targets)
+    scores = {**score(task, new, original, targets), **integrity(worker, unit, images, original, targets)}
     if worker.sink is not None and not unit.calibration:
         worker.sink(unit, images)
     n = len(targets)
@@ -94,9 +101,30 @@ def run_unit(worker: Worker, unit: Unit) -> list[dict]:
             for k in range(n)]
 
 
+def integrity(worker: Worker, unit: Unit, images: np.ndarray, original: np.ndarray,
+              targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Per target, how much of the picture the edit kept (`probes.integrity`), next to its scale: the same background
+    distances for an unedited image of the same prompt with another seed (`REFERENCE_SEED_OFFSET`), generated here."""
+    n = len(targets)
+    region = moved_region(original, targets, unit.task)
+    redrawn = worker.model.generate([unit.prompt], [unit.seed + REFERENCE_SEED_OFFSET])  # (1, H, W, 3)
+    latents = worker.model.encode(np.concatenate([images, redrawn, unit.unedited[None]]))  # (n + 2, h, w, c)
+    out = {"background_rmse": background_distance(images, unit.unedited, region),
+           "background_rmse_seed": background_distance(np.repeat(redrawn, n, 0), unit.unedited, region),
+           "background_latent": feature_distance(latents[:n], latents[n + 1], region),
+           "background_latent_seed": feature_distance(np.repeat(latents[n:n + 1], n, 0), latents[n + 1], region),
+           "object_distance": np.full(n, np.nan), "colour_kept": np.full(n, np.nan)}
+    if unit.task == "saliency":  # the object: the salient mask before, the target mask after
+        masks = np.asarray(targets) > 0.5
+        out["object_distance"] = object_distance(unit.unedited, original > 0.5, images, masks)
+        if worker.colour_check is not None:
+            out["colour_kept"] = worker.colour_check(images, masks, unit.prompt)
+    return out
+
+
 @dataclass
 class StageInputs:
-    """Everything the units of a stage are made from; labels are in the probes' units (`workflows.stages.grid.GridData`)."""
+    """Everything the units of a stage are made from; labels are in the probes' units (`workflows.stages.grid_data.GridData`)."""
     test: np.ndarray  # (image,) test image ids
     prompts: list[str]
     seeds: list[int]
@@ -105,6 +133,7 @@ class StageInputs:
     train_prompts: list[str]
     train_seeds: list[int]
     train_labels: dict[str, np.ndarray]  # task -> (image, H, W) for `train`
+    unedited: dict[int, np.ndarray]  # image id -> (H, W, 3) uint8 as generated, for `test` and `train`
     probes: dict[str, dict[tuple[str, int], LinearProbe]]
     hooks: dict[str, list[str]]
     scaler: DepthScaler | None
@@ -147,11 +176,13 @@ def gather_inputs(output: str, cfg: InterventionConfig) -> StageInputs:
     probes = {t: {(h, s): load_probe(output, cfg.variant, t, h, s) for h in hooks[t] for s in cfg.steps(t)}
               for t in cfg.tasks}
     train = data.train[: cfg.calibrate_images] if cfg.calibrate else data.train[:0]
+    ids = [int(i) for i in np.concatenate([test, train])]
     return StageInputs(test=test, prompts=[plan.prompts[i] for i in test], seeds=[plan.seeds[i] for i in test],
                        labels={t: data.labels[t][1][: len(test)] for t in cfg.tasks},
                        train=train, train_prompts=[plan.prompts[i] for i in train],
                        train_seeds=[plan.seeds[i] for i in train],
                        train_labels={t: data.labels[t][0][: len(train)] for t in cfg.tasks}, probes=probes,
+                       unedited=dict(zip(ids, take_images(open_store(output)[IMAGES], ids))),
                        hooks=hooks, scaler=data.depth_scaler, n_images=len(plan), size=tuple(layout.image))
 
 
@@ -159,7 +190,7 @@ def make_units(inputs: StageInputs, cfg: InterventionConfig) -> list[Unit]:
     """Every (task, method, test image) unit, with the image's seeded translations and the method's strength."""
     moves = draw_translations(inputs.test, cfg.targets, inputs.size)
     return [Unit(task, method, int(image), inputs.prompts[k], int(inputs.seeds[k]), inputs.labels[task][k], moves[k],
-                 strength=cfg.strength_of(task, method))
+                 inputs.unedited[int(image)], strength=cfg.strength_of(task, method))
             for task in cfg.tasks for method in cfg.methods for k, image in enumerate(inputs.test)]
 
 
@@ -167,7 +198,8 @@ def calibration_units(inputs: StageInputs, cfg: InterventionConfig) -> list[Unit
     """Every (task, calibrated method, candidate strength, training image) unit: targets drawn as for test images."""
     moves = draw_translations(inputs.train, cfg.targets, inputs.size)
     return [Unit(task, method, int(image), inputs.train_prompts[k], int(inputs.train_seeds[k]),
-                 inputs.train_labels[task][k], moves[k], strength=float(strength), calibration=True)
+                 inputs.train_labels[task][k], moves[k], inputs.unedited[int(image)], strength=float(strength),
+                 calibration=True)
             for task in cfg.tasks for method in cfg.calibrated_methods(task) for strength in cfg.calibrate[task]
             for k, image in enumerate(inputs.train)]
 
@@ -195,6 +227,16 @@ def load_labelers(output: str, tasks: Sequence[str], specs: Mapping[str, dict] |
                             "must be re-labelled by the same labeler as the probes were trained on")
         out[task] = labeler
     return out
+
+
+def colour_check_for(model) -> Callable[[np.ndarray, np.ndarray, str], np.ndarray] | None:
+    """The toy world's colour reader for `Worker.colour_check` (its captions name each object's colour); None for
+    other models."""
+    if getattr(model, "name", None) != "toy":
+        return None
+    from ldm.toy.quality import colour_check
+
+    return colour_check()
 
 
 def store_sink(output: str) -> Callable[[Unit, np.ndarray], None]:

@@ -14,8 +14,8 @@ import numpy as np
 from ldm.errors import UserError
 from probes.metrics import bootstrap_ci
 from workflows.config import InterventionConfig
-from workflows.stages.edit_units import (StageInputs, Unit, Worker, calibration_units, gather_inputs, load_labelers,
-                                         make_units, run_unit, store_sink)
+from workflows.stages.edit_units import (StageInputs, Unit, Worker, calibration_units, colour_check_for, gather_inputs,
+                                         load_labelers, make_units, run_unit, store_sink)
 from workflows.stages.edits import METRIC
 from workflows.stages.shard import load
 from workflows.store import Records, load_run_config, open_store, read_file, remove_file, write_atomic, write_table
@@ -23,7 +23,8 @@ from workflows.store.paths import (CALIBRATION, CALIBRATION_CHOICE, CALIBRATION_
                                    INTERVENTION_METRICS, INTERVENTION_RECORDS, INTERVENTION_SUMMARY, INTERVENTIONS,
                                    edited_images)
 
-SUMMARY_FIELDS = ("score_before", "score_after", "gain", "success")
+SUMMARY_FIELDS = ("score_before", "score_after", "gain", "moved", "background_ratio", "latent_ratio",
+                  "object_distance", "intact", "success")
 # run_units(units, on_done(unit, rows), on_failed(unit, error)): executes units, reporting each as it finishes
 UnitRunner = Callable[[list[Unit], Callable[[Unit, list[dict]], None], Callable[[Unit, str], None]], None]
 
@@ -33,12 +34,35 @@ def unit_records(output: str) -> Records:
     return Records(output, INTERVENTION_RECORDS)
 
 
+def judge(row: dict, cfg: InterventionConfig) -> dict:
+    """`row` with whether its edit moved the picture towards the target, kept the rest of it, and so succeeded, by the
+    thresholds of `cfg` (fixed before any edit is scored; NaN distances, e.g. an empty object mask, count as not kept):
+
+    moved: saliency Dice(new mask, target) >= success_dice; depth RMSE to the target down by >= success_depth_gain.
+    intact: background distance, in pixels and in the VAE's latent, at most background_ratio x the same distance for
+    the prompt drawn with another seed; for saliency also the object's colour-histogram distance <= object_distance
+    and, where the toy colour reader ran, the caption's colour read inside the target mask."""
+    ratio = lambda a, b: row[a] / row[b] if row[b] > 0 else float("nan")  # noqa: E731 (NaN: no scale to judge by)
+    pixels, latent = ratio("background_rmse", "background_rmse_seed"), ratio("background_latent",
+                                                                             "background_latent_seed")
+    if row["task"] == "saliency":
+        moved = row["score_after"] >= cfg.success_dice
+        colour = row.get("colour_kept")
+        kept = row["object_distance"] <= cfg.object_distance and (colour is None or np.isnan(colour) or colour == 1.0)
+    else:
+        moved, kept = row["gain"] >= cfg.success_depth_gain, True
+    intact = bool(pixels <= cfg.background_ratio and latent <= cfg.background_ratio and kept)
+    return {**row, "background_ratio": pixels, "latent_ratio": latent, "moved": float(moved), "intact": float(intact),
+            "success": float(moved and intact)}
+
+
 def choose_strengths(table: list[dict]) -> dict[str, float]:
-    """{"task/method": strength} with the highest mean gain in a calibration `summarise` table (ties: the weaker)."""
+    """{"task/method": strength} with the highest success rate (moved and intact, `judge`) in a calibration
+    `summarise` table; ties: the weaker (where no strength succeeds, the weakest: it breaks the least)."""
     best: dict[str, dict] = {}
     for row in sorted(table, key=lambda r: r["strength"]):
         key = f"{row['task']}/{row['method']}"
-        if key not in best or row["gain"] > best[key]["gain"]:
+        if key not in best or row["success"] > best[key]["success"]:
             best[key] = row
     return {key: float(row["strength"]) for key, row in best.items()}
 
@@ -76,8 +100,7 @@ def summarise(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> list[dict]
         row = {"task": task, "method": method, "metric": METRIC[task], "strength": strength or None,
                "n_images": len(images), "n_edits": len(group)}
         for name in SUMMARY_FIELDS:
-            value = (lambda r: float(r["gain"] > 0)) if name == "success" else (lambda r, n=name: r[n])
-            per_image = [np.mean([value(r) for r in group if r["image"] == i]) for i in images]
+            per_image = [_finite_mean([r.get(name, np.nan) for r in group if r["image"] == i]) for i in images]
             est = bootstrap_ci(per_image, n_boot=n_boot, seed=seed)
             row.update({name: est.mean, f"{name}_lo": est.lo, f"{name}_hi": est.hi})
         for name in ("edit_norm", "edit_seconds", "seconds"):
@@ -86,8 +109,15 @@ def summarise(rows: list[dict], n_boot: int = 2000, seed: int = 0) -> list[dict]
     return out
 
 
+def _finite_mean(values: list[float]) -> float:
+    """Mean of the finite values; NaN when there are none (e.g. an object distance for depth edits)."""
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def write_tables(output: str, rows: list[dict]) -> None:
-    """`interventions/metrics.parquet` (one row per edit) and `interventions/summary.parquet` (per task, method)."""
+    """`interventions/metrics.parquet` (one row per edit, judged) and `interventions/summary.parquet` (per task,
+    method)."""
     rows = sorted(rows, key=lambda r: (r["task"], r["method"], r["image"], r["target_index"]))
     write_table(output, INTERVENTION_METRICS, rows)
     write_table(output, INTERVENTION_SUMMARY, summarise(rows))
@@ -161,21 +191,24 @@ def run_interventions(output: str, cfg: InterventionConfig | None = None, *, run
         execute(calibration, f"choosing strengths on {len(inputs.train)} training images")
         if failed:
             return InterventionResult(counts["done"], counts["skipped"], failed, [], cfg)
-        table = summarise([r for u in calibration for r in done[u.key]])
+        table = summarise([judge(r, cfg) for u in calibration for r in done[u.key]])
         cfg = replace(cfg, chosen=choose_strengths(table))
         write_calibration(output, table, cfg.chosen)
         for r in table:
             mark = "  <- chosen" if cfg.chosen[f"{r['task']}/{r['method']}"] == r["strength"] else ""
-            print(f"calibration {r['task']:8s} {r['method']:11s} x{r['strength']:<4g} gain {r['gain']:+.3f} on "
-                  f"{r['n_images']} training images{mark}", file=stream, flush=True)
+            print(f"calibration {r['task']:8s} {r['method']:11s} x{r['strength']:<4g} gain {r['gain']:+.3f}, moved "
+                  f"{r['moved']:.2f}, intact {r['intact']:.2f}, success {r['success']:.2f} on {r['n_images']} "
+                  f"training images{mark}", file=stream, flush=True)
     execute(make_units(inputs, cfg), f"{len(inputs.test)} test images x {cfg.targets.count} targets")  # 3.
-    rows = [r for key, unit_rows in done.items() if not key.startswith(CALIBRATION + "/") for r in unit_rows]
+    rows = [judge(r, cfg) for key, unit_rows in done.items() if not key.startswith(CALIBRATION + "/")
+            for r in unit_rows]
     write_tables(output, rows)  # 4.
     summary = summarise(rows) if rows else []
     for s in summary:
         print(f"{s['task']:8s} {s['method']:11s} x{s['strength'] or 1:<4g} {s['metric']} {s['score_before']:.3f} -> "
-              f"{s['score_after']:.3f} (gain {s['gain']:+.3f} [{s['gain_lo']:+.3f}, {s['gain_hi']:+.3f}], "
-              f"{s['n_edits']} edits)", file=stream, flush=True)
+              f"{s['score_after']:.3f} (gain {s['gain']:+.3f} [{s['gain_lo']:+.3f}, {s['gain_hi']:+.3f}]); moved "
+              f"{s['moved']:.2f}, intact {s['intact']:.2f}, success {s['success']:.2f} "
+              f"[{s['success_lo']:.2f}, {s['success_hi']:.2f}] ({s['n_edits']} edits)", file=stream, flush=True)
     return InterventionResult(counts["done"], counts["skipped"], failed, summary, cfg)
 
 
@@ -191,7 +224,7 @@ def local_runner(output: str, cfg: InterventionConfig, inputs: StageInputs, *, m
             loaded = model if model is not None else load(load_run_config(output), device=device)
             found = labelers or load_labelers(output, cfg.tasks, labeler_specs, device=str(loaded.device))
             worker.append(Worker(loaded, inputs.probes, dict(found), inputs.scaler, cfg, inputs.hooks,
-                                 store_sink(output)))
+                                 store_sink(output), colour_check_for(loaded)))
         for unit in units:
             on_done(unit, run_unit(worker[0], unit))
 
