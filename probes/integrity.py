@@ -10,7 +10,8 @@ a white blob or colour noise as a moved object as readily as a real one. These a
   region area-averaged to their grid. The scale to judge them by is the same distance between two unedited images of
   the same prompt with different seeds: what drawing the picture anew changes.
 * object kept: total-variation distance (0-1) between the RGB colour histograms of the object's pixels before (the
-  unedited image inside the original mask) and after (the edited image inside the target mask).
+  unedited image inside the original mask) and after (the edited image inside its own, re-labelled mask: wherever
+  the object is now, so that "kept" does not depend on "moved").
 
 Shapes: images `(n, H, W, 3)` uint8 (or one `(H, W, 3)` broadcast), masks and regions `(n, H, W)` bool.
 """

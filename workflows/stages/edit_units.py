@@ -89,7 +89,7 @@ def run_unit(worker: Worker, unit: Unit) -> list[dict]:
                        image=unit.image, stats=stats)
     seconds = time.perf_counter() - start
     new = standardise(task, worker.labelers[task](images), worker.scaler)
-    scores = {**score(task, new, original, targets), **integrity(worker, unit, images, original, targets)}
+    scores = {**score(task, new, original, targets), **integrity(worker, unit, images, original, targets, new)}
     if worker.sink is not None and not unit.calibration:
         worker.sink(unit, images)
     n = len(targets)
@@ -101,10 +101,12 @@ def run_unit(worker: Worker, unit: Unit) -> list[dict]:
             for k in range(n)]
 
 
-def integrity(worker: Worker, unit: Unit, images: np.ndarray, original: np.ndarray,
-              targets: np.ndarray) -> dict[str, np.ndarray]:
+def integrity(worker: Worker, unit: Unit, images: np.ndarray, original: np.ndarray, targets: np.ndarray,
+              new: np.ndarray) -> dict[str, np.ndarray]:
     """Per target, how much of the picture the edit kept (`probes.integrity`), next to its scale: the same background
-    distances for an unedited image of the same prompt with another seed (`REFERENCE_SEED_OFFSET`), generated here."""
+    distances for an unedited image of the same prompt with another seed (`REFERENCE_SEED_OFFSET`), generated here.
+    The object is compared where it is: inside the original mask before, inside the edited image's own (re-labelled)
+    mask `new > 0.5` after, so a kept-but-unmoved object counts as kept, and a blob in its place does not."""
     n = len(targets)
     region = moved_region(original, targets, unit.task)
     redrawn = worker.model.generate([unit.prompt], [unit.seed + REFERENCE_SEED_OFFSET])  # (1, H, W, 3)
@@ -114,8 +116,8 @@ def integrity(worker: Worker, unit: Unit, images: np.ndarray, original: np.ndarr
            "background_latent": feature_distance(latents[:n], latents[n + 1], region),
            "background_latent_seed": feature_distance(np.repeat(latents[n:n + 1], n, 0), latents[n + 1], region),
            "object_distance": np.full(n, np.nan), "colour_kept": np.full(n, np.nan)}
-    if unit.task == "saliency":  # the object: the salient mask before, the target mask after
-        masks = np.asarray(targets) > 0.5
+    if unit.task == "saliency":  # the object: the salient mask before, the edited image's own mask after
+        masks = np.asarray(new) > 0.5
         out["object_distance"] = object_distance(unit.unedited, original > 0.5, images, masks)
         if worker.colour_check is not None:
             out["colour_kept"] = worker.colour_check(images, masks, unit.prompt)

@@ -41,7 +41,7 @@ def judge(row: dict, cfg: InterventionConfig) -> dict:
     moved: saliency Dice(new mask, target) >= success_dice; depth RMSE to the target down by >= success_depth_gain.
     intact: background distance, in pixels and in the VAE's latent, at most background_ratio x the same distance for
     the prompt drawn with another seed; for saliency also the object's colour-histogram distance <= object_distance
-    and, where the toy colour reader ran, the caption's colour read inside the target mask."""
+    and, where the toy colour reader ran, the caption's colour read inside the edited image's own mask."""
     ratio = lambda a, b: row[a] / row[b] if row[b] > 0 else float("nan")  # noqa: E731 (NaN: no scale to judge by)
     pixels, latent = ratio("background_rmse", "background_rmse_seed"), ratio("background_latent",
                                                                              "background_latent_seed")
