@@ -135,15 +135,16 @@ def ranking_metrics(score: np.ndarray, pos: np.ndarray, neg: np.ndarray | None =
             "degenerate": degenerate}
 
 
-def saliency_metrics(prob: np.ndarray, truth: np.ndarray, threshold: float = 0.5,
-                     tuned: float | None = None) -> dict[str, np.ndarray]:
+def saliency_metrics(prob: np.ndarray, truth: np.ndarray, threshold: float = 0.5, tuned: float | None = None,
+                     ranking: bool = True) -> dict[str, np.ndarray]:
     """Per-image saliency metrics of probabilities `(image, H, W)` against masks (foreground = > 0.5) at the same
-    resolution: `dice_iou` of `prob > threshold`, `ranking_metrics` (auroc, ap), and with `tuned` also `dice_tuned`,
-    the foreground Dice of `prob > tuned`."""
+    resolution: `dice_iou` of `prob > threshold`, `ranking_metrics` (auroc, ap; ranking=False skips them, the costly
+    part), and with `tuned` also `dice_tuned`, the foreground Dice of `prob > tuned`."""
     t = truth > 0.5
     n = len(prob)
     out = dice_iou(prob > threshold, t)
-    out |= ranking_metrics(prob.reshape(n, -1), t.reshape(n, -1))
+    if ranking:
+        out |= ranking_metrics(prob.reshape(n, -1), t.reshape(n, -1))
     if tuned is not None:
         out["dice_tuned"] = dice_iou(prob > tuned, t)["dice_fg"]
     return out
@@ -231,10 +232,10 @@ def block_truth(truth: Any, h: int, w: int, mean_map: np.ndarray | None = None) 
 
 
 def upsampled_saliency_metrics(prob: np.ndarray, truth: BlockTruth, threshold: float = 0.5,
-                               tuned: float | None = None) -> dict[str, np.ndarray]:
-    """`saliency_metrics(upsample_nearest(prob, H, W), masks)` (dice_fg, dice_bg, iou at `threshold`; auroc, ap;
-    dice_tuned at `tuned` when given) for layer-resolution probabilities `(image, h, w)`, from the masks'
-    `block_truth`: each layer pixel ranks as its block, weighted by the block's foreground and background counts."""
+                               tuned: float | None = None, ranking: bool = True) -> dict[str, np.ndarray]:
+    """`saliency_metrics(upsample_nearest(prob, H, W), masks, ...)` (dice_fg, dice_bg, iou at `threshold`; auroc, ap
+    unless ranking=False; dice_tuned at `tuned` when given) for layer-resolution probabilities `(image, h, w)`, from
+    the masks' `block_truth`: each layer pixel ranks as its block, weighted by the block's fg and bg counts."""
     n, k, N = len(prob), truth.block, truth.pixels
     fg = (prob > threshold).reshape(n, -1).astype(np.float64)
     inter, p, t = (fg * truth.sums["t"]).sum(1), fg.sum(1) * k, truth.totals["t"]
@@ -245,7 +246,8 @@ def upsampled_saliency_metrics(prob: np.ndarray, truth: BlockTruth, threshold: f
 
     out = {"dice_fg": dice(inter, p + t), "dice_bg": dice(N - union, 2 * N - p - t),
            "iou": np.where(union > 0.5, inter / np.maximum(union, 1.0), 1.0)}
-    out |= ranking_metrics(prob.reshape(n, -1), truth.sums["t"], k - truth.sums["t"])
+    if ranking:
+        out |= ranking_metrics(prob.reshape(n, -1), truth.sums["t"], k - truth.sums["t"])
     if tuned is not None:
         out["dice_tuned"] = dice_by_threshold(prob, truth, (tuned,))[0]
     return out
@@ -356,6 +358,7 @@ def score_saliency(
     *,
     threshold: float = 0.5,
     tuned_threshold: float | None = None,
+    ranking: bool = True,
     resolutions: tuple[Resolution, ...] = ("image", "layer"),
     on_nonfinite: OnNonFinite = "raise",
     n_boot: int = 2000,
@@ -366,8 +369,9 @@ def score_saliency(
 
     Prediction foreground = prob > threshold (0.5 = the paper's argmax of two classes); truth foreground = mask > 0.5.
     Keys: f"{res}/dice_fg", f"{res}/dice_bg", f"{res}/iou", f"{res}/auroc", f"{res}/ap" (`ranking_metrics`), and
-    with `tuned_threshold` (chosen on training images: `choose_threshold`) f"{res}/dice_tuned".
-    Flags: n_nonfinite, n_empty_mask, n_degenerate_mask (no foreground or no background: AUROC undefined)."""
+    with `tuned_threshold` (chosen on training images: `choose_threshold`) f"{res}/dice_tuned"; ranking=False skips
+    auroc and ap. Flags: n_nonfinite, n_empty_mask, n_degenerate_mask (no foreground or no background: AUROC
+    undefined)."""
     per: dict[str, list[np.ndarray]] = {}
     flags = {"n_nonfinite": 0, "n_empty_mask": 0, "n_degenerate_mask": 0}
     for s in range(0, len(prob), images_per_chunk):
@@ -379,10 +383,11 @@ def score_saliency(
         if not np.isfinite(tr).all():
             raise NonFiniteError("masks", [s + int(i) for i in np.flatnonzero(~np.isfinite(tr).all((1, 2)))])
         for res in resolutions:
-            d = saliency_metrics(*_layer_and_image(pr, tr, res), threshold, tuned_threshold)
+            d = saliency_metrics(*_layer_and_image(pr, tr, res), threshold, tuned_threshold, ranking)
             if res == resolutions[0]:
                 flags["n_empty_mask"] += int(d["empty_truth"].sum())
-                flags["n_degenerate_mask"] += int(d["degenerate"].sum())
+                fg = (tr > 0.5).reshape(len(tr), -1).mean(1)  # as `ranking_metrics`' degenerate, without ranking
+                flags["n_degenerate_mask"] += int(((fg == 0) | (fg == 1)).sum())
             for k in SALIENCY_KEYS:
                 if k in d:
                     per.setdefault(f"{res}/{k}", []).append(np.where(bad, np.nan, d[k]))

@@ -143,14 +143,14 @@ def test_block_sum_scores_equal_the_full_scorers_and_controls_share_x_statistics
         positioned = data.mean_map_at("depth", h, w) + rng.normal(size=(n, h, w))
         kw = {"n_boot": 50, "seed": data.seed} if split else {"n_boot": 1, "resolutions": ("image",)}
         tuned = 0.35 if split else None  # dice_tuned (test only): the block path's equals the upsampled arrays'
-        want = [score_saliency(prob, data.labels["saliency"][split], tuned_threshold=tuned, **kw),
+        want = [score_saliency(prob, data.labels["saliency"][split], tuned_threshold=tuned, ranking=bool(split), **kw),
                 score_depth(depth, data.labels["depth"][split], data.mean_maps["depth"], positioned=positioned,
                             ranks=bool(split), **kw)]
         got = [score_prediction("saliency", prob, data, split=split, threshold=tuned),
                score_prediction("depth", depth, data, positioned, split=split)]
         for g, wnt in zip(got, want):
             assert g.estimates.keys() == wnt.estimates.keys() and g.flags == wnt.flags
-            assert {"image/auroc", "image/ap"} < g.estimates.keys() or "image/rmse" in g.estimates
+            assert ({"image/auroc", "image/ap"} < g.estimates.keys()) == (split == 1 and "image/dice_fg" in g.estimates)
             for key, est in wnt.estimates.items():
                 for field in ("mean", "lo", "hi"):
                     assert getattr(g.estimates[key], field) == pytest.approx(getattr(est, field), rel=1e-5, abs=1e-9,

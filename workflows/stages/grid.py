@@ -84,9 +84,9 @@ METRIC_KEYS = {"saliency": ("dice_fg", "dice_bg", "iou", "auroc", "ap", "dice_tu
 def score_prediction(target: str, pred: np.ndarray, data: GridData, positioned: np.ndarray | None = None,
                      split: int = 1, threshold: float | None = None) -> Scores:
     """Score predictions `(image, h, w)` for `target` (probability for saliency, standardised depth) on the test
-    (`split=1`) or training (`split=0`: image resolution, no bootstrap, no Spearman) images; `positioned`: the depth
-    probe's with the mean map as an extra channel, for R2 beyond position; `threshold`: the saliency threshold chosen
-    on the training images (`train_threshold`), for `dice_tuned`.
+    (`split=1`) or training (`split=0`: image resolution, no bootstrap, no Spearman, AUROC or AP) images;
+    `positioned`: the depth probe's with the mean map as an extra channel, for R2 beyond position; `threshold`: the
+    saliency threshold chosen on the training images (`train_threshold`), for `dice_tuned`.
 
     When the image size is a multiple of the layer's and the predictions are finite, image-resolution metrics come
     from the labels' block sums (`metrics.upsampled_*_metrics`, equal to scoring the upsampled arrays); otherwise
@@ -97,17 +97,18 @@ def score_prediction(target: str, pred: np.ndarray, data: GridData, positioned: 
     if truth.shape[1] % h or truth.shape[2] % w or not finite:
         kw = {"n_boot": data.n_boot, "seed": data.seed} if split else {"n_boot": 1, "resolutions": ("image",)}
         if target == "saliency":
-            return score_saliency(pred, truth, tuned_threshold=threshold, **kw)
+            return score_saliency(pred, truth, tuned_threshold=threshold, ranking=bool(split), **kw)
         ranks = data.depth_ranks(h, w) if split else None
         return score_depth(pred, truth, data.mean_maps["depth"], positioned=positioned, ranks=bool(split),
                            truth_ranks=ranks, **kw)
     blocks = data.block_truth(target, h, w, split)
     layer_truth = data.area_labels(target, h, w, split)
     if target == "saliency":
-        image = upsampled_saliency_metrics(pred, blocks, tuned=threshold)
+        image = upsampled_saliency_metrics(pred, blocks, tuned=threshold, ranking=bool(split))
         layer = saliency_metrics(pred, layer_truth, tuned=threshold) if split else {}
-        flags = {"n_nonfinite": 0, "n_empty_mask": int((blocks.totals["t"] == 0).sum()),
-                 "n_degenerate_mask": int(image["degenerate"].sum())}
+        fg = blocks.totals["t"]
+        flags = {"n_nonfinite": 0, "n_empty_mask": int((fg == 0).sum()),
+                 "n_degenerate_mask": int(((fg == 0) | (fg == blocks.pixels)).sum())}
     else:
         m_layer = data.mean_map_at("depth", h, w)
         p_ranks = rankdata(pred.reshape(len(pred), -1), axis=1) if split else None
