@@ -17,12 +17,16 @@ from probes.edits import closed_form_edit, optimise_edit, probe_loss, random_edi
 from probes.fit import fit_probe
 from probes.linear import LinearProbe, fit_logistic, fit_ridge, layer_targets, validation_split
 from probes.metrics import (
+    THRESHOLDS,
     DepthScaler,
     Estimate,
     Scores,
     bootstrap_ci,
+    choose_threshold,
     depth_metrics,
     dice_iou,
+    is_constant,
+    ranking_metrics,
     score_depth,
     score_saliency,
 )
@@ -30,6 +34,7 @@ from probes.paper import paper_loss, train_paper_probe
 from probes.resample import downsample_area, upsample_nearest
 
 __all__ = [
+    "THRESHOLDS",
     "DepthScaler",
     "Estimate",
     "LinearProbe",
@@ -38,6 +43,7 @@ __all__ = [
     "Scores",
     "bootstrap_ci",
     "channel_stats",
+    "choose_threshold",
     "closed_form_edit",
     "depth_metrics",
     "derangement",
@@ -47,6 +53,7 @@ __all__ = [
     "fit_logistic",
     "fit_probe",
     "fit_ridge",
+    "is_constant",
     "layer_targets",
     "optimise_edit",
     "paper_loss",
@@ -54,6 +61,7 @@ __all__ = [
     "position_prediction",
     "probe_loss",
     "random_edit",
+    "ranking_metrics",
     "score_depth",
     "score_saliency",
     "selectivity",

@@ -6,6 +6,10 @@ depth map) are excluded from that metric's mean and counted in `Estimate.n_undef
 
 Resolutions: "image" upsamples the `(image, h, w)` prediction (nearest) to the labels' `(H, W)`, as the paper does;
 "layer" area-averages the labels down to `(h, w)` instead (masks become fractions, binarised at 0.5 for Dice/IoU).
+
+Saliency is scored at a threshold (Dice and IoU of `prob > 0.5`, the paper's; Dice at a threshold chosen on the
+training images, `choose_threshold`) and without one: pixel-level AUROC and average precision per image
+(`ranking_metrics`), so a control whose probabilities never cross 0.5 still gets a score that can differ from 0.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from probes.resample import downsample_area, upsample_nearest
 
 Resolution = Literal["image", "layer"]
 OnNonFinite = Literal["raise", "flag"]
+# candidate thresholds for Dice at a threshold chosen on the training images (`choose_threshold`)
+THRESHOLDS: tuple[float, ...] = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2).tolist())
+SALIENCY_KEYS = ("dice_fg", "dice_bg", "iou", "auroc", "ap", "dice_tuned")  # the per-image saliency metrics
 
 
 @dataclass
@@ -91,6 +98,85 @@ def dice_iou(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def ranking_metrics(score: np.ndarray, pos: np.ndarray, neg: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-image AUROC and average precision of scores `(image, pixels)` ranking foreground above background.
+
+    `pos (image, pixels)`: each pixel's foreground weight, `neg` its background weight (default `1 - pos`): 0/1 for
+    masks, or, for a layer pixel standing for its block of image pixels (nearest upsampling repeats its score), the
+    block's foreground and background pixel counts, which gives exactly the metrics of the upsampled prediction.
+    auroc: P(score_fg > score_bg) + P(score_fg == score_bg) / 2 over all (fg, bg) pixel pairs (Mann-Whitney U, ties
+    half: a constant prediction scores 0.5); NaN when the image has no foreground or no background (`degenerate`).
+    ap: sum over the distinct scores t, from high to low, of (recall(t) - recall(previous t)) * precision(t), with
+    `score >= t` predicted foreground (tied pixels enter together, as scikit-learn's `average_precision_score`); NaN
+    without foreground, 1 when every pixel is foreground."""
+    s = np.asarray(score, np.float64)
+    n, m = s.shape
+    pos = np.asarray(pos, np.float64).reshape(n, m)
+    neg = 1.0 - pos if neg is None else np.asarray(neg, np.float64).reshape(n, m)
+    order = np.argsort(s, axis=1, kind="stable")
+    s = np.take_along_axis(s, order, 1)
+    p, q = np.take_along_axis(pos, order, 1), np.take_along_axis(neg, order, 1)
+    # tie groups: runs of equal scores within an image (ascending); each image starts a new run
+    new = np.ones((n, m), bool)
+    new[:, 1:] = s[:, 1:] != s[:, :-1]
+    starts = np.flatnonzero(new)
+    row = starts // m
+    pg, qg = np.add.reduceat(p.ravel(), starts), np.add.reduceat(q.ravel(), starts)
+    p_below = (np.cumsum(p, 1) - p).ravel()[starts]  # weight strictly below each run, within its image
+    q_below = (np.cumsum(q, 1) - q).ravel()[starts]
+    p_tot, q_tot = p.sum(1), q.sum(1)
+    u = np.bincount(row, pg * (q_below + 0.5 * qg), minlength=n)
+    tp, fp = p_tot[row] - p_below, q_tot[row] - q_below  # foreground at threshold = this run's score
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = np.bincount(row, np.where(pg > 0, pg * tp / np.maximum(tp + fp, 1e-300), 0.0), minlength=n) / p_tot
+        auroc = u / (p_tot * q_tot)
+    degenerate = (p_tot <= 0) | (q_tot <= 0)
+    return {"auroc": np.where(degenerate, np.nan, auroc), "ap": np.where(p_tot > 0, ap, np.nan),
+            "degenerate": degenerate}
+
+
+def saliency_metrics(prob: np.ndarray, truth: np.ndarray, threshold: float = 0.5, tuned: float | None = None,
+                     ranking: bool = True) -> dict[str, np.ndarray]:
+    """Per-image saliency metrics of probabilities `(image, H, W)` against masks (foreground = > 0.5) at the same
+    resolution: `dice_iou` of `prob > threshold`, `ranking_metrics` (auroc, ap; ranking=False skips them, the costly
+    part), and with `tuned` also `dice_tuned`, the foreground Dice of `prob > tuned`."""
+    t = truth > 0.5
+    n = len(prob)
+    out = dice_iou(prob > threshold, t)
+    if ranking:
+        out |= ranking_metrics(prob.reshape(n, -1), t.reshape(n, -1))
+    if tuned is not None:
+        out["dice_tuned"] = dice_iou(prob > tuned, t)["dice_fg"]
+    return out
+
+
+def dice_by_threshold(prob: np.ndarray, truth: BlockTruth, thresholds: Any = THRESHOLDS) -> np.ndarray:
+    """`(threshold, image)` foreground Dice of `upsample_nearest(prob) > t` for layer-resolution probabilities
+    `(image, h, w)`, every candidate at once, from the masks' `block_truth`."""
+    n, k = len(prob), truth.block
+    fg = np.asarray(prob, np.float64).reshape(1, n, -1) > np.asarray(thresholds, np.float64)[:, None, None]
+    inter = np.einsum("tnp,np->tn", fg.astype(np.float64), truth.sums["t"])
+    total = fg.sum(-1) * k + truth.totals["t"][None]
+    return np.where(total > 0.5, 2 * inter / np.maximum(total, 1.0), 1.0)
+
+
+def choose_threshold(prob: np.ndarray, truth: BlockTruth, thresholds: Any = THRESHOLDS) -> float:
+    """The candidate threshold with the highest mean foreground Dice over images (the smallest among equals), for
+    *training* predictions `(image, h, w)` and the training masks' `block_truth`; never given test images."""
+    mean = np.nanmean(dice_by_threshold(prob, truth, thresholds), axis=1)
+    return float(np.asarray(thresholds, np.float64)[int(np.argmax(mean))])
+
+
+def is_constant(pred: np.ndarray, threshold: float | None = None, rtol: float = 1e-6) -> bool:
+    """Whether predictions carry no information: their std over all pixels is at most `rtol * max(1, |mean|)`, or,
+    with `threshold`, every pixel lies on the same side of it (the thresholded mask is constant)."""
+    x = np.asarray(pred, np.float64)
+    if threshold is not None:
+        above = x > threshold
+        return bool(above.all() or not above.any())
+    return bool(x.std() <= rtol * max(1.0, abs(float(x.mean()))))
+
+
 def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise Pearson correlation of (image, pixels) arrays; NaN where either row is constant."""
     a = a - a.mean(1, keepdims=True)
@@ -145,9 +231,11 @@ def block_truth(truth: Any, h: int, w: int, mean_map: np.ndarray | None = None) 
     return BlockTruth(block, H * W, {k: sums(v) for k, v in parts.items()}, totals)
 
 
-def upsampled_saliency_metrics(prob: np.ndarray, truth: BlockTruth, threshold: float = 0.5) -> dict[str, np.ndarray]:
-    """`dice_iou(upsample_nearest(prob, H, W) > threshold, masks > 0.5)` (dice_fg, dice_bg, iou) for layer-resolution
-    probabilities `(image, h, w)`, from the masks' `block_truth`."""
+def upsampled_saliency_metrics(prob: np.ndarray, truth: BlockTruth, threshold: float = 0.5,
+                               tuned: float | None = None, ranking: bool = True) -> dict[str, np.ndarray]:
+    """`saliency_metrics(upsample_nearest(prob, H, W), masks, ...)` (dice_fg, dice_bg, iou at `threshold`; auroc, ap
+    unless ranking=False; dice_tuned at `tuned` when given) for layer-resolution probabilities `(image, h, w)`, from
+    the masks' `block_truth`: each layer pixel ranks as its block, weighted by the block's fg and bg counts."""
     n, k, N = len(prob), truth.block, truth.pixels
     fg = (prob > threshold).reshape(n, -1).astype(np.float64)
     inter, p, t = (fg * truth.sums["t"]).sum(1), fg.sum(1) * k, truth.totals["t"]
@@ -156,8 +244,13 @@ def upsampled_saliency_metrics(prob: np.ndarray, truth: BlockTruth, threshold: f
     def dice(i: np.ndarray, total: np.ndarray) -> np.ndarray:
         return np.where(total > 0.5, 2 * i / np.maximum(total, 1.0), 1.0)  # totals are whole pixel counts
 
-    return {"dice_fg": dice(inter, p + t), "dice_bg": dice(N - union, 2 * N - p - t),
-            "iou": np.where(union > 0.5, inter / np.maximum(union, 1.0), 1.0)}
+    out = {"dice_fg": dice(inter, p + t), "dice_bg": dice(N - union, 2 * N - p - t),
+           "iou": np.where(union > 0.5, inter / np.maximum(union, 1.0), 1.0)}
+    if ranking:
+        out |= ranking_metrics(prob.reshape(n, -1), truth.sums["t"], k - truth.sums["t"])
+    if tuned is not None:
+        out["dice_tuned"] = dice_by_threshold(prob, truth, (tuned,))[0]
+    return out
 
 
 def upsampled_depth_metrics(pred: np.ndarray, truth: BlockTruth, deviation: np.ndarray | None = None,
@@ -264,6 +357,8 @@ def score_saliency(
     masks: Any,
     *,
     threshold: float = 0.5,
+    tuned_threshold: float | None = None,
+    ranking: bool = True,
     resolutions: tuple[Resolution, ...] = ("image", "layer"),
     on_nonfinite: OnNonFinite = "raise",
     n_boot: int = 2000,
@@ -273,23 +368,29 @@ def score_saliency(
     """Score foreground probabilities `(image, h, w)` against masks `(image, H, W)` (values in [0, 1]).
 
     Prediction foreground = prob > threshold (0.5 = the paper's argmax of two classes); truth foreground = mask > 0.5.
-    Keys: f"{res}/dice_fg", f"{res}/dice_bg", f"{res}/iou". Flags: n_nonfinite, n_empty_mask."""
+    Keys: f"{res}/dice_fg", f"{res}/dice_bg", f"{res}/iou", f"{res}/auroc", f"{res}/ap" (`ranking_metrics`), and
+    with `tuned_threshold` (chosen on training images: `choose_threshold`) f"{res}/dice_tuned"; ranking=False skips
+    auroc and ap. Flags: n_nonfinite, n_empty_mask, n_degenerate_mask (no foreground or no background: AUROC
+    undefined)."""
     per: dict[str, list[np.ndarray]] = {}
-    flags = {"n_nonfinite": 0, "n_empty_mask": 0}
+    flags = {"n_nonfinite": 0, "n_empty_mask": 0, "n_degenerate_mask": 0}
     for s in range(0, len(prob), images_per_chunk):
         pr = np.asarray(prob[s : s + images_per_chunk], np.float32)
         bad = _nonfinite(pr, on_nonfinite, s)
         flags["n_nonfinite"] += int(bad.sum())
+        pr = np.where(bad[:, None, None], 0.0, pr).astype(np.float32)
         tr = np.asarray(masks[s : s + images_per_chunk], np.float32)
         if not np.isfinite(tr).all():
             raise NonFiniteError("masks", [s + int(i) for i in np.flatnonzero(~np.isfinite(tr).all((1, 2)))])
         for res in resolutions:
-            p, t = _layer_and_image(pr, tr, res)
-            d = dice_iou(p > threshold, t > 0.5)
+            d = saliency_metrics(*_layer_and_image(pr, tr, res), threshold, tuned_threshold, ranking)
             if res == resolutions[0]:
                 flags["n_empty_mask"] += int(d["empty_truth"].sum())
-            for k in ("dice_fg", "dice_bg", "iou"):
-                per.setdefault(f"{res}/{k}", []).append(np.where(bad, np.nan, d[k]))
+                fg = (tr > 0.5).reshape(len(tr), -1).mean(1)  # as `ranking_metrics`' degenerate, without ranking
+                flags["n_degenerate_mask"] += int(((fg == 0) | (fg == 1)).sum())
+            for k in SALIENCY_KEYS:
+                if k in d:
+                    per.setdefault(f"{res}/{k}", []).append(np.where(bad, np.nan, d[k]))
     return _summarise(per, flags, n_boot, seed)
 
 

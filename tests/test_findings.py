@@ -56,3 +56,14 @@ def test_curve_series_and_svg(tmp_path):
     assert np.allclose(series[0].y, 0.6) and np.allclose(series[2].y, 0.1 + 0.04 * np.arange(8))
     assert series[-1].dashed and np.allclose(series[-1].y, 0.27)
     assert line_chart_svg(series).count("<polyline") == 4
+
+
+def test_constant_controls_read_constant_prediction():
+    flagged = [dict(r, constant_prediction=r["hook"] == "latent" and r["step"] < 4) for r in rows()]
+    _, table = compare(flagged, "saliency")
+    assert [t.constant for t in table[3:5]] == [frozenset({"latent"}), frozenset()]
+    assert table[3].shown("latent") == "constant prediction" and table[3].shown("latent", 1) == ""
+    assert table[4].shown("latent") == table[4].latent[0]
+    text = format_findings(flagged)
+    assert "| 3 | 0.60 [0.55, 0.65] | 0.08 [0.03, 0.13] | constant prediction |" in text
+    assert "| 4 | 0.60 [0.55, 0.65] | 0.08 [0.03, 0.13] | 0.26 [0.21, 0.31] |" in text

@@ -79,7 +79,8 @@ def test_score_saliency_both_resolutions():
     prob[1, 0, 0] = 0.1  # drop a quarter of image 1's foreground
     sc = score_saliency(prob, masks, n_boot=100)
     assert sc.per_image["image/dice_fg"][1] == pytest.approx(2 * 48 / (48 + 64))
-    assert sc.flags == {"n_nonfinite": 0, "n_empty_mask": 0}
+    assert sc.flags == {"n_nonfinite": 0, "n_empty_mask": 0, "n_degenerate_mask": 0}
+    assert sc.per_image["image/auroc"][1] == pytest.approx(1.0)  # 0.9 > 0.1 = 0 still ranks every fg pixel first
 
 
 def test_nonfinite_predictions_raise_or_are_flagged():
@@ -191,7 +192,7 @@ def test_block_sums_equal_the_image_resolution_metrics():
     """upsampled_saliency_metrics / upsampled_depth_metrics against the metrics of nearest-upsampled arrays."""
     from scipy.stats import rankdata
 
-    from probes.metrics import block_truth, upsampled_depth_metrics, upsampled_saliency_metrics
+    from probes.metrics import block_truth, saliency_metrics, upsampled_depth_metrics, upsampled_saliency_metrics
     from probes.resample import downsample_area, upsample_nearest
 
     rng = np.random.default_rng(0)
@@ -206,6 +207,13 @@ def test_block_sums_equal_the_image_resolution_metrics():
     for k in ("dice_fg", "dice_bg", "iou"):
         np.testing.assert_allclose(got[k], want[k], atol=1e-12)
     assert got["dice_fg"][1] == 1.0
+    # threshold-free and tuned-threshold metrics from block sums (each layer pixel weighted by its block's counts)
+    prob[3] = np.round(prob[3], 1)  # ties within an image
+    want = saliency_metrics(upsample_nearest(prob, H, W), masks, tuned=0.3)
+    got = upsampled_saliency_metrics(prob, block_truth(masks, h, w), tuned=0.3)
+    for k in ("auroc", "ap", "dice_tuned", "degenerate"):
+        np.testing.assert_allclose(got[k], want[k], atol=1e-12, err_msg=k)
+    assert np.isnan(got["auroc"][1]) and np.isfinite(got["auroc"][[0, 2, 3, 4]]).all()
     depth, mean_map = rng.normal(size=(n, H, W)), rng.normal(size=(H, W))
     depth[3] = 2.0  # constant depth: correlations undefined
     m_layer = downsample_area(mean_map[None], h, w)[0]
@@ -220,3 +228,73 @@ def test_block_sums_equal_the_image_resolution_metrics():
     assert np.isnan(got["pearson"][3]) and np.isnan(got["spearman"][4]) and got["constant_truth"][3]
     with pytest.raises(ValueError, match="not a multiple"):
         block_truth(masks, 3, 2)
+
+
+def pairwise_auroc(score: np.ndarray, truth: np.ndarray) -> float:
+    """The definition itself: over every (foreground, background) pair, 1 if ranked right, 1/2 if tied."""
+    fg, bg = score[truth][:, None], score[~truth][None, :]
+    return float(((fg > bg) + 0.5 * (fg == bg)).mean())
+
+
+def test_auroc_and_ap_of_known_rankings():
+    from probes.metrics import ranking_metrics
+
+    truth = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1], [0, 1, 0, 1]], bool)
+    score = np.array([[0.1, 0.2, 0.8, 0.9],  # perfect ranking
+                      [0.3, 0.3, 0.3, 0.3],  # constant: every pair tied
+                      [0.9, 0.8, 0.2, 0.1],  # reversed
+                      [0.1, 0.5, 0.5, 0.9]])  # one fg/bg tie at 0.5
+    r = ranking_metrics(score, truth)
+    np.testing.assert_allclose(r["auroc"], [1.0, 0.5, 0.0, 0.875])  # last: pairs (0.5>0.1, 0.5=0.5, 0.9>0.1, 0.9>0.5)
+    # AP: perfect 1; constant: precision 1/2 at the one threshold; reversed: fg found at ranks 3, 4 -> (1/3 + 2/4) / 2;
+    # last: 0.9 (1 of 1) then {0.5, 0.5} together (2 of 3) -> (1 + 2/3) / 2
+    np.testing.assert_allclose(r["ap"], [1.0, 0.5, (1 / 3 + 2 / 4) / 2, (1 + 2 / 3) / 2])
+    assert not r["degenerate"].any()
+
+
+def test_auroc_matches_pairwise_definition_and_degenerate_images_are_excluded_and_counted():
+    from probes.metrics import ranking_metrics
+
+    rng = np.random.default_rng(3)
+    score = rng.integers(0, 6, (5, 50)).astype(np.float64)  # many ties
+    truth = rng.random((5, 50)) < 0.4
+    truth[3], truth[4] = False, True  # no foreground; no background
+    r = ranking_metrics(score, truth)
+    np.testing.assert_allclose(r["auroc"][:3], [pairwise_auroc(score[i], truth[i]) for i in range(3)])
+    assert np.isnan(r["auroc"][3:]).all() and r["degenerate"].tolist() == [False] * 3 + [True] * 2
+    assert np.isnan(r["ap"][3]) and r["ap"][4] == 1.0  # AP needs foreground; all foreground ranks perfectly
+    masks = np.zeros((3, 8, 8), np.float32)
+    masks[0, :4] = 1
+    masks[2] = 1  # image 1: empty; image 2: all foreground
+    sc = score_saliency(np.full((3, 4, 4), 0.2, np.float32), masks, n_boot=50)
+    e = sc.estimates["image/auroc"]
+    assert (e.mean, e.n, e.n_undefined) == (0.5, 1, 2) and sc.flags["n_degenerate_mask"] == 2
+    assert sc.estimates["image/dice_fg"].mean == pytest.approx(1 / 3)  # the constant's Dice: 0, 1 (both empty), 0
+
+
+def test_auroc_and_ap_match_scikit_learn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    from probes.metrics import ranking_metrics
+
+    rng = np.random.default_rng(4)
+    score = np.round(rng.random((4, 200)), 1)  # ties
+    truth = rng.random((4, 200)) < np.array([[0.05], [0.3], [0.5], [0.9]])
+    r = ranking_metrics(score, truth)
+    np.testing.assert_allclose(r["auroc"], [metrics.roc_auc_score(t, s) for s, t in zip(score, truth)])
+    np.testing.assert_allclose(r["ap"], [metrics.average_precision_score(t, s) for s, t in zip(score, truth)])
+
+
+def test_threshold_is_the_best_training_dice_and_constants_are_detected():
+    from probes.metrics import THRESHOLDS, block_truth, choose_threshold, dice_by_threshold, is_constant
+
+    masks = np.zeros((2, 8, 8), np.float32)
+    masks[:, :4] = 1
+    prob = np.full((2, 4, 4), 0.1)
+    prob[:, :2] = 0.3  # every probability below 0.5: Dice 0 at 0.5, perfect at any threshold in [0.1, 0.3)
+    truth = block_truth(masks, 4, 4)
+    dice = dice_by_threshold(prob, truth)
+    assert dice.shape == (len(THRESHOLDS), 2) and np.allclose(dice[THRESHOLDS.index(0.5)], 0.0)
+    assert choose_threshold(prob, truth) == 0.1  # the smallest of the best: 0.1, 0.15, 0.2, 0.25
+    assert np.allclose(dice[THRESHOLDS.index(0.25)], 1.0) and np.allclose(dice[THRESHOLDS.index(0.3)], 0.0)
+    assert is_constant(prob, threshold=0.5) and not is_constant(prob, threshold=0.2) and not is_constant(prob)
+    assert is_constant(np.full((3, 4), 0.156) + 1e-9 * np.arange(4)) and is_constant(np.full(5, 1e4))

@@ -149,3 +149,23 @@ def test_full_run_report_has_every_section_and_its_images(full_run):
             im.load()
             assert min(im.size) >= 128
     assert "closed-form: dice" in text and "random: rmse" in text
+
+
+def test_constant_predictions_show_as_such_not_as_numbers(tmp_path):
+    rows = fake_metric_rows()
+    for r in rows:  # the permuted control's saliency probes and the saliency baseline predict constants
+        r["constant_prediction"] = r["target"] == "saliency" and r["variant"] in ("permuted", "position")
+    out = tmp_path / "run"
+    (out / "probes").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "probes" / "metrics.parquet")
+    text = build_report(str(out)).read_text()
+    tables = text.split("<h2>Tables</h2>")[1]
+    for variant in ("permuted", "position"):
+        assert re.search(rf"<td>saliency</td><td>{variant}</td><td>[\w-]+</td><td>-?\d+</td><td>dice</td>"
+                         r"<td>constant prediction</td><td></td><td></td>", tables), variant
+    assert re.search(r"<td>saliency</td><td>ldm</td><td>\w+</td><td>\d+</td><td>dice</td><td>0\.\d{3}</td>", tables)
+    assert re.search(r"<td>depth</td><td>permuted</td><td>\w+</td><td>\d+</td><td>r2_pos</td><td>0\.\d{3}</td>",
+                     tables)  # only the flagged rows
+    finding = text.split("<h2>Finding")[1].split("<h3>depth")[0]
+    assert finding.count("<td>constant prediction</td>") == 4  # the permuted column, one per step
+    assert "Dice constant prediction." in text  # the heatmaps' note on the position baseline

@@ -142,13 +142,15 @@ def test_block_sum_scores_equal_the_full_scorers_and_controls_share_x_statistics
         prob, depth = rng.random((n, h, w)), rng.normal(size=(n, h, w))
         positioned = data.mean_map_at("depth", h, w) + rng.normal(size=(n, h, w))
         kw = {"n_boot": 50, "seed": data.seed} if split else {"n_boot": 1, "resolutions": ("image",)}
-        want = [score_saliency(prob, data.labels["saliency"][split], **kw),
+        tuned = 0.35 if split else None  # dice_tuned (test only): the block path's equals the upsampled arrays'
+        want = [score_saliency(prob, data.labels["saliency"][split], tuned_threshold=tuned, ranking=bool(split), **kw),
                 score_depth(depth, data.labels["depth"][split], data.mean_maps["depth"], positioned=positioned,
                             ranks=bool(split), **kw)]
-        got = [score_prediction("saliency", prob, data, split=split),
+        got = [score_prediction("saliency", prob, data, split=split, threshold=tuned),
                score_prediction("depth", depth, data, positioned, split=split)]
         for g, wnt in zip(got, want):
             assert g.estimates.keys() == wnt.estimates.keys() and g.flags == wnt.flags
+            assert ({"image/auroc", "image/ap"} < g.estimates.keys()) == (split == 1 and "image/dice_fg" in g.estimates)
             for key, est in wnt.estimates.items():
                 for field in ("mean", "lo", "hi"):
                     assert getattr(g.estimates[key], field) == pytest.approx(getattr(est, field), rel=1e-5, abs=1e-9,
@@ -163,3 +165,130 @@ def test_block_sum_scores_equal_the_full_scorers_and_controls_share_x_statistics
     memo = dict(acts.fit_kwargs()["blocks"].memo)
     control, _ = fit_and_score(acts, "depth", data, shuffled=True)
     assert control["error"] is None and acts.fit_kwargs()["blocks"].memo.keys() == memo.keys()
+
+
+def grid_rows(run) -> dict[tuple, dict]:
+    """The module's grid (fit by the tests above, resumed here), rows by (variant, hook, step, target)."""
+    table = run_grid(run, plan_groups(run), prepare_grid_data(run, n_boot=200))
+    return {(r["variant"], r["hook"], r["step"], r["target"]): r for r in table.to_pylist()}
+
+
+def group_acts(run, data, hook="good", step=1):
+    from workflows.stages.grid import GroupActs, read_activations
+
+    every = read_activations(run, ProbeGroup("ldm", hook, step), np.concatenate([data.train, data.test]))
+    return GroupActs(every[: len(data.train)], every[len(data.train):], data)
+
+
+def test_threshold_free_and_tuned_saliency_columns_for_every_variant(run):
+    from probes.metrics import THRESHOLDS
+
+    rows = grid_rows(run)
+    names = read_metrics(run).schema.names
+    for column in ("auroc", "ap", "dice_tuned", "layer_auroc", "threshold", "alpha_at_edge", "alpha_positioned",
+                   "alpha_positioned_at_edge", "constant_prediction"):
+        assert column in names
+    for key, r in rows.items():
+        if key[3] == "saliency":  # ldm, shuffled and the position baseline alike
+            for m in ("auroc", "ap", "dice_tuned", "layer_auroc", "layer_ap"):
+                assert r[f"{m}_lo"] <= r[m] <= r[f"{m}_hi"], (key, m)
+            assert r["threshold"] in THRESHOLDS
+        else:
+            assert r["auroc"] is None and np.isnan(r["threshold"])
+    good, noise = rows[("ldm", "good", 1, "saliency")], rows[("ldm", "noise", 1, "saliency")]
+    assert good["auroc"] > 0.95 and good["ap"] > 0.9 and good["dice_tuned"] > 0.9
+    assert 0.25 < noise["auroc"] < 0.75 and noise["auroc"] < good["auroc"] - 0.2
+    assert 0.3 < rows[("position", "-", -1, "saliency")]["auroc"] < 0.8  # the mean map ranks little
+
+
+def test_dice_threshold_is_chosen_on_training_images_only(run):
+    import dataclasses
+
+    from probes.metrics import THRESHOLDS
+    from probes.resample import upsample_nearest
+    from workflows.stages.grid import fit_and_score
+
+    data = prepare_grid_data(run, n_boot=50)
+    acts = group_acts(run, data, "noise", 1)  # a weak probe: its best threshold is not 0.5's neighbourhood by luck
+    row, probes = fit_and_score(acts, "saliency", data)
+    train_masks, test_masks = data.labels["saliency"]
+    up = upsample_nearest(probes["saliency"].predict(acts.train), *train_masks.shape[1:])
+    mean_dice = [dice_of(up > t, train_masks).mean() for t in THRESHOLDS]
+    assert row["threshold"] == THRESHOLDS[int(np.argmax(mean_dice))]
+    test_up = upsample_nearest(probes["saliency"].predict(acts.test), *test_masks.shape[1:])
+    assert row["dice_tuned"] == pytest.approx(dice_of(test_up > row["threshold"], test_masks).mean())
+    # other test labels: other test scores, the same threshold (the test split never takes part in choosing it)
+    flipped = dataclasses.replace(data, labels={**data.labels, "saliency": (train_masks, 1 - test_masks)}, _memo={})
+    other, _ = fit_and_score(group_acts(run, flipped, "noise", 1), "saliency", flipped)
+    assert other["threshold"] == row["threshold"] and other["dice_tuned"] != pytest.approx(row["dice_tuned"])
+
+
+def dice_of(pred, masks):
+    from probes.metrics import dice_iou
+
+    return dice_iou(pred, masks > 0.5)["dice_fg"]
+
+
+def test_edge_alphas_and_constant_predictions_are_flagged(run):
+    import dataclasses
+
+    from probes.baselines import position_map
+    from probes.linear import RIDGE_ALPHAS, LinearProbe
+    from workflows.stages.grid import GroupActs, alpha_at_edge, fit_and_score, position_rows
+
+    grid = np.asarray(RIDGE_ALPHAS)
+    probe = lambda a, g=grid: LinearProbe("depth", "ridge", np.zeros(2), 0.0, np.zeros(2), np.ones(2), a, g)  # noqa
+    assert alpha_at_edge(probe(1e-6)) and alpha_at_edge(probe(1e2)) and not alpha_at_edge(probe(1e-2))
+    assert alpha_at_edge(probe(0.0, np.zeros(0))) is None and alpha_at_edge(None) is None
+    for (variant, hook, step, target), r in grid_rows(run).items():
+        if variant == "position":
+            assert r["alpha_at_edge"] is None and r["constant_prediction"] == (target == "depth")  # dev. from map 0
+            continue
+        fitted = load_probe(run, variant, target, hook, step)
+        assert r["alpha_at_edge"] == alpha_at_edge(fitted) and r["alpha"] == fitted.alpha
+        assert r["constant_prediction"] is False
+    # activations that carry nothing: the probes predict constants, which the rows say (AUROC exactly 0.5)
+    data = prepare_grid_data(run, n_boot=50)
+    real = group_acts(run, data)
+    blank = GroupActs(np.zeros_like(real.train), np.zeros_like(real.test), data)
+    for target in ("saliency", "depth"):
+        row, _ = fit_and_score(blank, target, data)
+        assert row["error"] is None and row["constant_prediction"] is True, target
+    assert row["r2_pos"] == pytest.approx(0.0, abs=1e-4)
+    assert fit_and_score(blank, "saliency", data)[0]["auroc"] == 0.5
+    # a mean training mask below 0.5 everywhere (the toy world's): the baseline's Dice at 0.5 is an empty mask
+    train, test = data.labels["saliency"]
+    sparse = train * np.roll(train, 1, axis=0) * np.roll(train, 2, axis=0)  # ~1/8 of each image's blocks
+    low = dataclasses.replace(data, labels={**data.labels, "saliency": (sparse, test)},
+                              mean_maps={**data.mean_maps, "saliency": position_map(sparse)}, _memo={})
+    row = next(r for r in position_rows(low) if r["target"] == "saliency")
+    assert row["constant_prediction"] is True and row["dice"] == pytest.approx(0.0)
+    assert row["threshold"] < 0.5 and row["dice_tuned"] > 0.3  # a threshold chosen on training masks finds it
+
+
+def test_positioned_depth_probe_is_stored_and_reproduces_r2_pos(run):
+    from probes.baselines import with_position
+    from probes.metrics import score_depth
+    from probes.resample import downsample_area
+    from workflows.stages.grid import read_activations
+
+    rows = grid_rows(run)
+    data = prepare_grid_data(run, n_boot=200)
+    m = data.mean_maps["depth"]
+    for variant, hook in (("ldm", "good"), ("shuffled", "good"), ("ldm", "noise")):
+        row = rows[(variant, hook, 0, "depth")]
+        acts = read_activations(run, ProbeGroup("ldm", hook, 0), data.test)
+        plain = load_probe(run, variant, "depth", hook, 0)
+        positioned = load_probe(run, variant, "depth", hook, 0, positioned=True)
+        assert row["alpha_positioned"] == positioned.alpha and positioned.weight.shape[0] == acts.shape[-1] + 1
+        h, w = acts.shape[1:3]
+        depth = downsample_area(m[None], h, w)[0] + positioned.predict(with_position(acts, m))
+        sc = score_depth(plain.predict(acts), data.labels["depth"][1], m, positioned=depth, n_boot=200,
+                         seed=data.seed)  # the full scorer, not the grid's block sums
+        est = sc.estimates["image/r2_beyond_position"]
+        for value, column in ((est.mean, "r2_pos"), (est.lo, "r2_pos_lo"), (est.hi, "r2_pos_hi")):
+            assert value == pytest.approx(row[column], rel=1e-5, abs=1e-6), (variant, hook, column)
+        assert sc.estimates["layer/r2_beyond_position"].mean == pytest.approx(row["layer_r2_pos"], rel=1e-5, abs=1e-6)
+    assert rows[("ldm", "good", 0, "depth")]["r2_pos"] > 0.8  # the reproduced number is the headline one
+    with pytest.raises(UserError, match="only depth has a positioned probe"):
+        load_probe(run, "ldm", "saliency", "good", 0, positioned=True)

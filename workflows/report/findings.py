@@ -23,10 +23,17 @@ from workflows.report.figures import PALETTE, Series, line_chart_svg
 
 HEADLINE = {"saliency": ("dice", "Dice"), "depth": ("r2_pos", "R2 beyond position")}
 LATENT = "latent"
+CONSTANT = "constant prediction"  # shown instead of the metric of a row whose predictions are constant
 
 
 def _value(row: dict | None, key: str) -> float:
     return float("nan") if row is None or row.get(key) is None else float(row[key])
+
+
+def is_constant_row(row: dict | None) -> bool:
+    """Whether a metrics row's test predictions were constant (`constant_prediction`): its metric is then a number
+    by construction (e.g. Dice of an empty mask), not a measurement, and is shown as `CONSTANT`."""
+    return bool(row and row.get("constant_prediction"))
 
 
 def select_hook(rows: list[dict], target: str, variant: str) -> str | None:
@@ -41,9 +48,17 @@ class StepComparison:
     ldm: tuple[float, float, float]  # (mean, lo, hi) on the test split
     permuted: tuple[float, float, float]
     latent: tuple[float, float, float]
+    constant: frozenset[str] = frozenset()  # of "ldm", "permuted", "latent": rows whose predictions were constant
 
     def margin(self, control: str) -> float:
         return self.ldm[0] - getattr(self, control)[0]
+
+    def shown(self, name: str, i: int = 0) -> float | str:
+        """`name`'s (mean, lo, hi)[i] as a table shows it: for a constant prediction, whose metric holds by
+        construction, `CONSTANT` instead of the mean and a blank interval."""
+        if name in self.constant:
+            return CONSTANT if i == 0 else ""
+        return getattr(self, name)[i]
 
 
 def compare(rows: list[dict], target: str) -> tuple[dict[str, str | None], list[StepComparison]]:
@@ -57,7 +72,8 @@ def compare(rows: list[dict], target: str) -> tuple[dict[str, str | None], list[
     for step in steps:
         get = {name: index.get(("ldm" if name == "latent" else name, hook, step)) for name, hook in hooks.items()}
         triple = {name: tuple(_value(r, metric + s) for s in ("", "_lo", "_hi")) for name, r in get.items()}
-        out.append(StepComparison(step, triple["ldm"], triple["permuted"], triple["latent"]))
+        constant = frozenset(name for name, r in get.items() if is_constant_row(r))
+        out.append(StepComparison(step, triple["ldm"], triple["permuted"], triple["latent"], constant))
     return hooks, out
 
 
@@ -72,7 +88,13 @@ def check_claim(table: list[StepComparison], margin: float = 0.15, from_step: in
 
 def format_findings(rows: list[dict], margin: float = 0.15) -> str:
     """Markdown: per target, the chosen layers, a row per step, and whether the claim holds."""
-    fmt = lambda t: "n/a" if not np.isfinite(t[0]) else f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"  # noqa: E731
+
+    def fmt(t: StepComparison, name: str) -> str:
+        v = getattr(t, name)
+        if name in t.constant:
+            return CONSTANT
+        return "n/a" if not np.isfinite(v[0]) else f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]"
+
     parts = []
     for target, (metric, label) in HEADLINE.items():
         if not any(r["target"] == target for r in rows):
@@ -84,7 +106,7 @@ def format_findings(rows: list[dict], margin: float = 0.15) -> str:
                      f"`{hooks['permuted']}`; x_t is the noisy latent.\n\n"
                      "| step | LDM | permuted | x_t | LDM - permuted | LDM - x_t |\n|---|---|---|---|---|---|")
         for t in table:
-            parts.append(f"| {t.step} | {fmt(t.ldm)} | {fmt(t.permuted)} | {fmt(t.latent)} | "
+            parts.append(f"| {t.step} | {fmt(t, 'ldm')} | {fmt(t, 'permuted')} | {fmt(t, 'latent')} | "
                          f"{t.margin('permuted'):+.2f} | {t.margin('latent'):+.2f} |")
         parts.append(f"\nClaim (margin {margin}): beats the permuted control from step 3 on: "
                      f"**{'yes' if claim['vs_permuted'] else 'no'}**; beats x_t in steps 2-7: "

@@ -21,7 +21,8 @@ from ldm.errors import UserError
 from probes.resample import upsample_nearest
 from probes.selection import best_probe
 from probes.targets import make_targets
-from workflows.report.findings import HEADLINE, check_claim, compare, curve_series, select_hook
+from workflows.report.findings import (CONSTANT, HEADLINE, check_claim, compare, curve_series, is_constant_row,
+                                       select_hook)
 from workflows.report.figures import Series, depth_image, heatmap_svg, line_chart_svg, mask_image, png_bytes
 from workflows.stages.grid import load_probe
 from workflows.stages.grid_data import prepare_grid_data
@@ -142,9 +143,11 @@ def probe_heatmaps(page: Page, rows: list[dict] | None) -> None:
             if hooks:
                 title = f"{target} {label}: {VARIANT_NAMES[variant]} ({mode})"
                 figures.append(heatmap_svg(values, hooks, steps, title=title, vmin=lo, vmax=hi, better=better))
-        position = [r for r in rows if r["target"] == target and r["variant"] == "position"]
-        note = (f" Position-only baseline (mean training label map): {label} {fmt(position[0].get(metric))}."
-                if position else "")
+        position = next((r for r in rows if r["target"] == target and r["variant"] == "position"), None)
+        note = ""
+        if position is not None:
+            value = CONSTANT if is_constant_row(position) else fmt(position.get(metric))
+            note = f" Position-only baseline (mean training label map): {label} {value}."
         page.parts.append(f'<h3>{target}</h3><p>Test-split {label} of each probe; brighter is better, one colour scale '
                           f"for all variants.{html.escape(note)}</p><div class='row'>{''.join(figures)}</div>")
 
@@ -331,9 +334,9 @@ def finding(page: Page, rows: list[dict] | None) -> None:
         if hooks["ldm"] is None:
             continue
         claim = check_claim(table)
-        cells = [{"step": t.step, "LDM": t.ldm[0], "lo": t.ldm[1], "hi": t.ldm[2], "permuted": t.permuted[0],
-                  "x_t": t.latent[0], "LDM - permuted": t.margin("permuted"), "LDM - x_t": t.margin("latent")}
-                 for t in table]
+        cells = [{"step": t.step, "LDM": t.shown("ldm"), "lo": t.shown("ldm", 1), "hi": t.shown("ldm", 2),
+                  "permuted": t.shown("permuted"), "x_t": t.shown("latent"), "LDM - permuted": t.margin("permuted"),
+                  "LDM - x_t": t.margin("latent")} for t in table]
         page.parts.append(
             f"<h3>{target}: {html.escape(label)}</h3><p>LDM layer <code>{hooks['ldm']}</code>, permuted "
             f"<code>{hooks['permuted']}</code>. Margin of at least 0.15 over the permuted control from step 3 on: "
@@ -354,12 +357,16 @@ def tables(page: Page, rows: list[dict] | None) -> None:
             r = best_probe(rows, target, variant, metric) if variant != "position" else next(
                 (r for r in rows if r["target"] == target and r["variant"] == "position"), None)
             if r is not None:
+                constant = is_constant_row(r)  # a constant's metric holds by construction: say so, not the number
                 best.append({"target": target, "variant": variant, "hook": r["hook"], "step": r["step"],
-                             "metric": metric, "value": r[metric], "lo": r[f"{metric}_lo"], "hi": r[f"{metric}_hi"],
+                             "metric": metric, "value": CONSTANT if constant else r[metric],
+                             "lo": "" if constant else r[f"{metric}_lo"], "hi": "" if constant else r[f"{metric}_hi"],
                              "n_test": r.get("n_test")})
     page.parts.append("<p>Best probe per target and variant: the (layer, step) with the best score on the training "
                       "images (<code>train_score</code>), reported on the test split, so the test value is not "
-                      "inflated by the choice. Every probe: <code>probes/metrics.parquet</code>; every edit: "
+                      "inflated by the choice; <i>constant prediction</i>: the probe's test predictions were constant "
+                      "(for saliency, all on one side of 0.5), so its metric is fixed by construction. Every probe: "
+                      "<code>probes/metrics.parquet</code>; every edit: "
                       "<code>interventions/metrics.parquet</code>.</p>")
     page.parts.append(html_table(best, ["target", "variant", "hook", "step", "metric", "value", "lo", "hi",
                                         "n_test"]))

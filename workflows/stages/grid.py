@@ -27,9 +27,10 @@ from probes.chunks import NonFiniteError
 from probes.fit import fit_probe
 from probes.linear import LinearProbe
 from probes.metrics import (
-    Scores, bootstrap_many, depth_metrics, dice_iou, score_depth, score_saliency, upsampled_depth_metrics,
-    upsampled_saliency_metrics,
+    Scores, bootstrap_many, choose_threshold, depth_metrics, is_constant, saliency_metrics, score_depth,
+    score_saliency, upsampled_depth_metrics, upsampled_saliency_metrics,
 )
+from probes.resample import upsample_nearest
 from workflows.config import RunConfig
 from workflows.stages.generate import control_configs
 from workflows.stages.grid_data import GridData, GroupActs, prepare_grid_data
@@ -38,7 +39,7 @@ from workflows.store import Records, load_layout, require_run, open_store, read_
 from workflows.store.paths import PROBE_METRICS, PROBE_ROWS, activations, probe_weights, variant_output
 
 METRIC_NAMES = {  # probes.metrics keys -> metrics.parquet columns (docs/CONTRACTS.md)
-    "dice_fg": "dice", "dice_bg": "dice_bg", "iou": "iou",
+    "dice_fg": "dice", "dice_bg": "dice_bg", "iou": "iou", "auroc": "auroc", "ap": "ap", "dice_tuned": "dice_tuned",
     "rmse": "rmse", "spearman": "spearman", "pearson": "pearson", "r2_beyond_position": "r2_pos",
 }
 _METRICS = [p + m + s for p in ("", "layer_") for m in METRIC_NAMES.values() for s in ("", "_lo", "_hi")]
@@ -46,8 +47,11 @@ SCHEMA = pa.schema(
     [("variant", pa.string()), ("hook", pa.string()), ("step", pa.int32()), ("target", pa.string()),
      ("mode", pa.string()), ("n_train", pa.int32()), ("n_test", pa.int32())]
     + [(m, pa.float64()) for m in _METRICS]
-    + [("train_score", pa.float64()), ("alpha", pa.float64()), ("fit_seconds", pa.float64()), ("error", pa.string())]
+    + [("train_score", pa.float64()), ("threshold", pa.float64()), ("alpha", pa.float64()),
+       ("alpha_at_edge", pa.bool_()), ("alpha_positioned", pa.float64()), ("alpha_positioned_at_edge", pa.bool_()),
+       ("constant_prediction", pa.bool_()), ("fit_seconds", pa.float64()), ("error", pa.string())]
 )
+POSITIONED = "depth_positioned"  # the weights' key of the depth probe that also sees the mean map (behind r2_pos)
 
 
 @dataclass(frozen=True)
@@ -73,15 +77,16 @@ def _metric_columns(scores: Scores) -> dict[str, float]:
 
 
 TRAIN_SCORE = {"saliency": "image/dice_fg", "depth": "image/r2_beyond_position"}  # the metric `train_score` holds
-METRIC_KEYS = {"saliency": ("dice_fg", "dice_bg", "iou"),
+METRIC_KEYS = {"saliency": ("dice_fg", "dice_bg", "iou", "auroc", "ap", "dice_tuned"),
                "depth": ("rmse", "pearson", "spearman", "r2_beyond_position")}
 
 
 def score_prediction(target: str, pred: np.ndarray, data: GridData, positioned: np.ndarray | None = None,
-                     split: int = 1) -> Scores:
+                     split: int = 1, threshold: float | None = None) -> Scores:
     """Score predictions `(image, h, w)` for `target` (probability for saliency, standardised depth) on the test
-    (`split=1`) or training (`split=0`: image resolution, no bootstrap, no Spearman: only `TRAIN_SCORE` is kept)
-    images; `positioned`: the depth probe's with the mean map as an extra channel, for R2 beyond position.
+    (`split=1`) or training (`split=0`: image resolution, no bootstrap, no Spearman, AUROC or AP) images;
+    `positioned`: the depth probe's with the mean map as an extra channel, for R2 beyond position; `threshold`: the
+    saliency threshold chosen on the training images (`train_threshold`), for `dice_tuned`.
 
     When the image size is a multiple of the layer's and the predictions are finite, image-resolution metrics come
     from the labels' block sums (`metrics.upsampled_*_metrics`, equal to scoring the upsampled arrays); otherwise
@@ -92,16 +97,18 @@ def score_prediction(target: str, pred: np.ndarray, data: GridData, positioned: 
     if truth.shape[1] % h or truth.shape[2] % w or not finite:
         kw = {"n_boot": data.n_boot, "seed": data.seed} if split else {"n_boot": 1, "resolutions": ("image",)}
         if target == "saliency":
-            return score_saliency(pred, truth, **kw)
+            return score_saliency(pred, truth, tuned_threshold=threshold, ranking=bool(split), **kw)
         ranks = data.depth_ranks(h, w) if split else None
         return score_depth(pred, truth, data.mean_maps["depth"], positioned=positioned, ranks=bool(split),
                            truth_ranks=ranks, **kw)
     blocks = data.block_truth(target, h, w, split)
     layer_truth = data.area_labels(target, h, w, split)
     if target == "saliency":
-        image = upsampled_saliency_metrics(pred, blocks)
-        layer = dice_iou(pred > 0.5, layer_truth > 0.5) if split else {}
-        flags = {"n_nonfinite": 0, "n_empty_mask": int((blocks.totals["t"] == 0).sum())}
+        image = upsampled_saliency_metrics(pred, blocks, tuned=threshold, ranking=bool(split))
+        layer = saliency_metrics(pred, layer_truth, tuned=threshold) if split else {}
+        fg = blocks.totals["t"]
+        flags = {"n_nonfinite": 0, "n_empty_mask": int((fg == 0).sum()),
+                 "n_degenerate_mask": int(((fg == 0) | (fg == blocks.pixels)).sum())}
     else:
         m_layer = data.mean_map_at("depth", h, w)
         p_ranks = rankdata(pred.reshape(len(pred), -1), axis=1) if split else None
@@ -115,8 +122,37 @@ def score_prediction(target: str, pred: np.ndarray, data: GridData, positioned: 
     return Scores(estimates=bootstrap_many(per, n_boot=n_boot, seed=data.seed), per_image=per, flags=flags)
 
 
+def train_threshold(pred: np.ndarray, data: GridData) -> float:
+    """The threshold of `dice_tuned`: the candidate (`metrics.THRESHOLDS`) with the best mean image-resolution Dice
+    of a probe's *training* predictions `(image, h, w)` (`metrics.choose_threshold`); test images take no part."""
+    H, W = data.labels["saliency"][0].shape[1:]
+    h, w = pred.shape[1:]
+    if H % h or W % w:  # block sums need an integer factor: upsample first (blocks of one pixel)
+        pred, (h, w) = upsample_nearest(pred, H, W), (H, W)
+    return choose_threshold(pred, data.block_truth("saliency", h, w, 0))
+
+
+def constant_prediction(target: str, pred: np.ndarray, data: GridData, positioned: np.ndarray | None = None) -> bool:
+    """Whether test predictions `(image, h, w)` behind a row's metrics carry nothing (`metrics.is_constant`):
+    saliency, every pixel on the same side of 0.5 (the mask behind `dice` is all background or all foreground);
+    depth, the prediction constant, or the deviation from the mean map of the prediction behind `r2_pos` (the
+    positioned one, else `pred` itself) constant, as for the position-only baseline."""
+    if target == "saliency":
+        return is_constant(pred, threshold=0.5)
+    m_layer = data.mean_map_at("depth", *pred.shape[1:])
+    return is_constant(pred) or is_constant((pred if positioned is None else positioned) - m_layer)
+
+
+def alpha_at_edge(probe: LinearProbe | None) -> bool | None:
+    """Whether the probe's chosen alpha is the smallest or largest of its alpha grid (the search may have wanted to
+    go further); None without a search (no probe, the paper's trainer, a single alpha)."""
+    if probe is None or len(probe.alpha_grid) < 2:
+        return None
+    return bool(probe.alpha in (probe.alpha_grid.min(), probe.alpha_grid.max()))
+
+
 def fit_and_score(acts: GroupActs, target: str, data: GridData,
-                  shuffled: bool = False) -> tuple[dict, LinearProbe | None]:
+                  shuffled: bool = False) -> tuple[dict, dict[str, LinearProbe]]:
     """Fit one probe on a group's training activations and score it on its test activations.
 
     Depth also gets a second probe that sees the training mean depth map as one more input channel and predicts the
@@ -124,7 +160,9 @@ def fit_and_score(acts: GroupActs, target: str, data: GridData,
     prediction scores R2 beyond position. A probe of depth alone must rediscover position from the activations and any
     miss counts against it although the map is free, so only the positioned probe measures what the activations add.
     `train_score`: the headline metric (`TRAIN_SCORE`) on the training images, so layers can be chosen without the test
-    split. Returns the metric columns (with `error` set instead when the probe cannot be fit or scored) and the probe.
+    split; saliency's `threshold` (for `dice_tuned`) is chosen on the same training predictions. Returns the metric
+    columns (with `error` set instead when the probe cannot be fit or scored) and the probes by weights key: {target:
+    probe}, plus {POSITIONED: the positioned probe} for depth.
     """
     start = time.perf_counter()
     h, w = acts.train.shape[1:3]
@@ -137,22 +175,30 @@ def fit_and_score(acts: GroupActs, target: str, data: GridData,
         return fit_probe(x, y, target, mode=data.mode, seed=data.seed, **kw)
 
     try:
-        probe = fit(acts.train, labels)
+        probes, pos_probe = {target: fit(acts.train, labels)}, None
         positioned = [None, None]  # (train, test) predictions of the depth probe that also sees the mean map
         if target == "depth":
             m = data.mean_maps["depth"]
             m_layer = data.mean_map_at("depth", h, w)
             aug_train, aug_test = acts.positioned()
             # the map is the starting point: only the deviation is penalised (labels at layer or image resolution)
-            pos_probe = fit(aug_train, labels - (m_layer if labels.shape[1:] == (h, w) else m), positioned=True)
+            pos_probe = probes[POSITIONED] = fit(aug_train, labels - (m_layer if labels.shape[1:] == (h, w) else m),
+                                                 positioned=True)
             positioned = [m_layer + pos_probe.predict(aug_train), m_layer + pos_probe.predict(aug_test)]
-        row = _metric_columns(score_prediction(target, probe.predict(acts.test), data, positioned[1]))
-        train = score_prediction(target, probe.predict(acts.train), data, positioned[0], split=0)
+        train_pred, test_pred = probes[target].predict(acts.train), probes[target].predict(acts.test)
+        train = score_prediction(target, train_pred, data, positioned[0], split=0)  # raises on non-finite values
+        threshold = train_threshold(train_pred, data) if target == "saliency" else None
+        row = _metric_columns(score_prediction(target, test_pred, data, positioned[1], threshold=threshold))
     except NonFiniteError as err:
-        return {"error": f"non-finite values: {err}", "fit_seconds": time.perf_counter() - start}, None
-    row.update(train_score=train.estimates[TRAIN_SCORE[target]].mean, alpha=probe.alpha,
+        return {"error": f"non-finite values: {err}", "fit_seconds": time.perf_counter() - start}, {}
+    row.update(train_score=train.estimates[TRAIN_SCORE[target]].mean,
+               threshold=np.nan if threshold is None else threshold, alpha=probes[target].alpha,
+               alpha_at_edge=alpha_at_edge(probes[target]),
+               alpha_positioned=np.nan if pos_probe is None else pos_probe.alpha,
+               alpha_positioned_at_edge=alpha_at_edge(pos_probe),
+               constant_prediction=constant_prediction(target, test_pred, data, positioned[1]),
                fit_seconds=time.perf_counter() - start, error=None)
-    return row, probe
+    return row, probes
 
 
 def read_activations(output: str, group: ProbeGroup, images: np.ndarray) -> np.ndarray:
@@ -177,27 +223,33 @@ def fit_group(output: str, group: ProbeGroup, data: GridData) -> list[dict]:
     jobs = [(group.variant, False)] + ([("shuffled", True)] if group.variant == "ldm" else [])
     for target in data.labels:
         for variant, shuffled in jobs:
-            metrics, probe = fit_and_score(acts, target, data, shuffled)
+            metrics, probes = fit_and_score(acts, target, data, shuffled)
             rows.append(dict(variant=variant, hook=group.hook, step=group.step, target=target, mode=data.mode,
                              n_train=len(data.train), n_test=len(data.test), **metrics))
-            if probe is not None:
-                weights.update({f"{variant}/{target}/{k}": v for k, v in probe.to_dict().items()})
+            weights.update({f"{variant}/{name}/{k}": v for name, probe in probes.items()
+                            for k, v in probe.to_dict().items()})
     write_atomic(output, probe_weights(group.path), save_safetensors(weights))
     Records(output, PROBE_ROWS).write(group.path, rows)
     return rows
 
 
 def position_rows(data: GridData) -> list[dict]:
-    """The position-only baseline per target: the training split's mean label map as every test image's prediction."""
+    """The position-only baseline per target: the training split's mean label map as every test image's prediction
+    (its saliency `threshold` chosen on the same map as every training image's prediction)."""
     rows = []
     for target, (_, test) in data.labels.items():
         h, w = test.shape[1:]
-        pred = position_prediction(data.mean_maps[target], len(test), h, w)
+        pred = np.ascontiguousarray(position_prediction(data.mean_maps[target], len(test), h, w))
+        threshold = None
         if target == "saliency":
-            pred = np.ascontiguousarray(pred)
+            threshold = train_threshold(np.ascontiguousarray(
+                position_prediction(data.mean_maps[target], len(data.train), h, w)), data)
         rows.append(dict(variant="position", hook="-", step=-1, target=target, mode="-", n_train=len(data.train),
-                         n_test=len(data.test), train_score=np.nan, alpha=np.nan, fit_seconds=0.0, error=None,
-                         **_metric_columns(score_prediction(target, pred, data))))
+                         n_test=len(data.test), train_score=np.nan,
+                         threshold=np.nan if threshold is None else threshold, alpha=np.nan, alpha_at_edge=None,
+                         alpha_positioned=np.nan, alpha_positioned_at_edge=None,
+                         constant_prediction=constant_prediction(target, pred, data), fit_seconds=0.0, error=None,
+                         **_metric_columns(score_prediction(target, pred, data, threshold=threshold))))
     return rows
 
 
@@ -234,17 +286,24 @@ def read_metrics(output: str):
     return table
 
 
-def load_probe(output: str, variant: str, target: str, hook: str, step: int) -> LinearProbe:
-    """A fitted probe from the grid's weights."""
+def load_probe(output: str, variant: str, target: str, hook: str, step: int, positioned: bool = False) -> LinearProbe:
+    """A fitted probe from the grid's weights. `positioned=True` (depth only): the probe behind `r2_pos`, fit on the
+    activations with the training mean depth map `m` (`prepare_grid_data(output).mean_maps["depth"]`) appended as a
+    channel, predicting the deviation from the map: its depth is `downsample_area(m, h, w) +
+    probe.predict(baselines.with_position(acts, m))`."""
+    if positioned and target != "depth":
+        raise UserError(f"only depth has a positioned probe, not {target}")
     group = ProbeGroup("ldm" if variant == "shuffled" else variant, hook, step)
     data = read_file(output, probe_weights(group.path))
     if data is None:
         raise UserError(f"no fitted probe for {variant} {hook} step {step}; run the probe stage for it first")
     tensors = load_safetensors(data)
-    prefix = f"{variant}/{target}/"
+    prefix = f"{variant}/{POSITIONED if positioned else target}/"
     fields = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not fields:
-        raise UserError(f"the probe for {target} at {variant} {hook} step {step} could not be fit (see metrics error)")
+        what = "positioned depth probe" if positioned else f"probe for {target}"
+        raise UserError(f"the {what} at {variant} {hook} step {step} was not stored: it could not be fit (see the "
+                        "metrics' error), or the grid predates it (refit the group)")
     return LinearProbe.from_dict(fields)
 
 
