@@ -16,13 +16,13 @@ from probes.chunks import NonFiniteError, channel_stats
 from probes.edits import closed_form_edit, optimise_edit, probe_loss, random_edit
 from probes.fit import fit_probe
 from probes.linear import LinearProbe, fit_logistic, fit_ridge, layer_targets, validation_split
+from probes.blocks import choose_threshold
 from probes.metrics import (
     THRESHOLDS,
     DepthScaler,
     Estimate,
     Scores,
     bootstrap_ci,
-    choose_threshold,
     depth_metrics,
     dice_iou,
     is_constant,

@@ -192,7 +192,8 @@ def test_block_sums_equal_the_image_resolution_metrics():
     """upsampled_saliency_metrics / upsampled_depth_metrics against the metrics of nearest-upsampled arrays."""
     from scipy.stats import rankdata
 
-    from probes.metrics import block_truth, saliency_metrics, upsampled_depth_metrics, upsampled_saliency_metrics
+    from probes.blocks import block_truth, upsampled_depth_metrics, upsampled_saliency_metrics
+    from probes.metrics import saliency_metrics
     from probes.resample import downsample_area, upsample_nearest
 
     rng = np.random.default_rng(0)
@@ -285,7 +286,8 @@ def test_auroc_and_ap_match_scikit_learn():
 
 
 def test_threshold_is_the_best_training_dice_and_constants_are_detected():
-    from probes.metrics import THRESHOLDS, block_truth, choose_threshold, dice_by_threshold, is_constant
+    from probes.blocks import block_truth, choose_threshold, dice_by_threshold
+    from probes.metrics import THRESHOLDS, is_constant
 
     masks = np.zeros((2, 8, 8), np.float32)
     masks[:, :4] = 1

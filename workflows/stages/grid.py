@@ -26,16 +26,17 @@ from probes.baselines import fit_control_probe, position_prediction
 from probes.chunks import NonFiniteError
 from probes.fit import fit_probe
 from probes.linear import LinearProbe
+from probes.blocks import choose_threshold, upsampled_depth_metrics, upsampled_saliency_metrics
 from probes.metrics import (
-    Scores, bootstrap_many, choose_threshold, depth_metrics, is_constant, saliency_metrics, score_depth,
-    score_saliency, upsampled_depth_metrics, upsampled_saliency_metrics,
+    Scores, bootstrap_many, depth_metrics, is_constant, saliency_metrics, score_depth, score_saliency,
 )
 from probes.resample import upsample_nearest
 from workflows.config import RunConfig
 from workflows.stages.generate import control_configs
 from workflows.stages.grid_data import GridData, GroupActs, prepare_grid_data
 from workflows.stages.progress import Progress
-from workflows.store import Records, load_layout, require_run, open_store, read_file, read_table, take_images, write_atomic, write_table
+from workflows.store import (Records, load_layout, open_store, read_file, read_table, require_run, take_images,
+                             write_atomic, write_table)
 from workflows.store.paths import PROBE_METRICS, PROBE_ROWS, activations, probe_weights, variant_output
 
 METRIC_NAMES = {  # probes.metrics keys -> metrics.parquet columns (docs/CONTRACTS.md)

@@ -14,7 +14,8 @@ import numpy as np
 from ldm.errors import UserError
 from probes.baselines import position_map, with_position
 from probes.chunks import StandardisedBlocks
-from probes.metrics import BlockTruth, DepthScaler, block_truth, depth_truth_ranks
+from probes.blocks import BlockTruth, block_truth
+from probes.metrics import DepthScaler, depth_truth_ranks
 from probes.resample import downsample_area
 from workflows.config import TARGETS
 from workflows.stages.labels import labelled_shards, read_labels
