@@ -204,12 +204,17 @@ def run_interventions(output: str, cfg: InterventionConfig | None = None, *, run
             for r in unit_rows]
     write_tables(output, rows)  # 4.
     summary = summarise(rows) if rows else []
+    print_summary(summary, stream)
+    return InterventionResult(counts["done"], counts["skipped"], failed, summary, cfg)
+
+
+def print_summary(summary: list[dict], stream) -> None:
+    """One line per (task, method, strength) of a `summarise` table."""
     for s in summary:
         print(f"{s['task']:8s} {s['method']:11s} x{s['strength'] or 1:<4g} {s['metric']} {s['score_before']:.3f} -> "
               f"{s['score_after']:.3f} (gain {s['gain']:+.3f} [{s['gain_lo']:+.3f}, {s['gain_hi']:+.3f}]); moved "
               f"{s['moved']:.2f}, intact {s['intact']:.2f}, success {s['success']:.2f} "
               f"[{s['success_lo']:.2f}, {s['success_hi']:.2f}] ({s['n_edits']} edits)", file=stream, flush=True)
-    return InterventionResult(counts["done"], counts["skipped"], failed, summary, cfg)
 
 
 def local_runner(output: str, cfg: InterventionConfig, inputs: StageInputs, *, model=None,
