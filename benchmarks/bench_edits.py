@@ -10,12 +10,16 @@ Usage:  .venv/bin/python benchmarks/bench_edits.py                          (toy
    (`probes.targets`, the paper's ranges, seed 0).
 3. For each method, renders every (image, target) with edits at the chosen layers and steps (default: the paper's
    saliency setting, up blocks at steps 0-4), re-labels the results and scores Dice(new mask, target) against
-   Dice(original mask, target). Strengths: each of `--strengths`, or with `--calibrate` each method's own, chosen on
-   the first `--calibrate-images` training scenes (the random control takes the closed form's).
+   Dice(original mask, target), and measures each edited image's integrity exactly as the interventions stage does
+   (`workflows.stages.edit_units.integrity`: background and VAE-latent distance beside a new-seed redraw, the
+   object's colours; `workflows.stages.interventions.judge` with the stage's default thresholds). Strengths: each of
+   `--strengths`, or with `--calibrate` each method's own, chosen by integrity-aware success on the first
+   `--calibrate-images` training scenes (the random control takes the closed form's).
 
 Prints, per method: seconds per edit inside the edit functions (what the methods differ in) and for the whole edited
-generation, mean Dice before/after with the gain's 95% bootstrap interval over images, and the fraction of edits that
-moved towards the target; then the speed-up of closed-form over paper. `--json PATH` also writes the numbers.
+generation, mean Dice before/after with the gain's 95% bootstrap interval over images, and the success rate (moved
+AND intact) with its interval; then the speed-up of closed-form over paper at their success. `--json PATH` also
+writes the numbers.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ from ldm.loading import load_model  # noqa: E402
 from ldm.toy.render import HELD_OUT_SEED, render_batch  # noqa: E402
 from probes.fit import fit_probe  # noqa: E402
 from probes.metrics import bootstrap_ci  # noqa: E402
+from workflows.stages.edit_units import Unit, Worker, colour_check_for, integrity  # noqa: E402
 from workflows.stages.edits import EditStats, run_edits, score  # noqa: E402
-from workflows.stages.interventions import InterventionConfig, choose_strengths, default_hooks  # noqa: E402
+from workflows.config import InterventionConfig, default_hooks  # noqa: E402
+from workflows.stages.interventions import choose_strengths, judge  # noqa: E402
 from probes.targets import draw_translations, make_targets  # noqa: E402
 from workflows.config import EditSettings, TargetSpec  # noqa: E402
 
@@ -133,14 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"probes fit in {time.perf_counter() - t0:.1f}s; mean activation norm per position at the edited layers "
           f"{act_norm:.2f}", flush=True)
 
+    judged_by = InterventionConfig()  # the stage's success thresholds
+    worker = Worker(model, {}, {}, None, judged_by, {}, colour_check=colour_check_for(model))
+
     def images_and_targets(seeds: list[int]):
         prompts = render_batch(seeds).captions
-        masks = (labeler(generate_batched(model, prompts, seeds, args.batch)[0]) > 0.5).astype(np.float32)
-        return prompts, seeds, masks, draw_translations(seeds, TargetSpec(count=args.targets), (H, W))
+        unedited = generate_batched(model, prompts, seeds, args.batch)[0]
+        masks = (labeler(unedited) > 0.5).astype(np.float32)
+        return prompts, seeds, masks, draw_translations(seeds, TargetSpec(count=args.targets), (H, W)), unedited
 
     def evaluate(method: str, strength: float, images) -> dict:
-        """Edit every (image, target) of `images` with `method` at `strength`; timing, Dice and success."""
-        prompts, seeds, originals, moves = images
+        """Edit every (image, target) of `images` with `method` at `strength`; timing, Dice and success (moved and
+        intact, judged as in the stage)."""
+        prompts, seeds, originals, moves, unedited = images
         gains, after, before, success, norms, edit_s, total_s = [], [], [], [], [], 0.0, 0.0
         for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
             targets = make_targets(originals[i], moves[i], "saliency")
@@ -153,23 +164,30 @@ def main(argv: list[str] | None = None) -> int:
             total_s += time.perf_counter() - start
             edit_s += stats.seconds
             norms.append(stats.norm.mean() / max(stats.calls, 1))
-            s = score("saliency", labeler(images), originals[i], targets)
+            new = labeler(images)
+            s = score("saliency", new, originals[i], targets)
+            unit = Unit("saliency", method, i, prompt, int(seed), originals[i], moves[i], unedited[i], strength)
+            s |= integrity(worker, unit, images, originals[i], targets, new)
+            rows = [judge({"task": "saliency", **{k: float(v[t]) for k, v in s.items()}}, judged_by)
+                    for t in range(len(targets))]
             gains.append(s["gain"].mean())
             after.append(s["score_after"].mean())
             before.append(s["score_before"].mean())
-            success.append((s["gain"] > 0).mean())
+            success.append(np.mean([r["success"] for r in rows]))
         n = len(seeds) * args.targets
-        gain = bootstrap_ci(gains)
+        gain, ok = bootstrap_ci(gains), bootstrap_ci(success)
         return {"edits": n, "strength": strength, "edit_seconds_per_edit": edit_s / n,
                 "seconds_per_edit": total_s / n, "dice_before": float(np.mean(before)),
                 "dice_after": float(np.mean(after)), "gain": gain.mean, "gain_lo": gain.lo, "gain_hi": gain.hi,
-                "success": float(np.mean(success)), "edit_norm": float(np.mean(norms)), "activation_norm": act_norm}
+                "success": ok.mean, "success_lo": ok.lo, "success_hi": ok.hi, "edit_norm": float(np.mean(norms)),
+                "activation_norm": act_norm}
 
     def show(name: str, r: dict) -> None:
         print(f"{name:15s} {r['edits']} edits: {r['edit_seconds_per_edit'] * 1e3:9.1f} ms/edit in edits, "
               f"{r['seconds_per_edit']:7.3f} s/edit in total; Dice {r['dice_before']:.3f} -> {r['dice_after']:.3f} "
-              f"(gain {r['gain']:+.3f} [{r['gain_lo']:+.3f}, {r['gain_hi']:+.3f}]), success {r['success']:.2f}, "
-              f"edit norm {r['edit_norm']:.2f}", flush=True)
+              f"(gain {r['gain']:+.3f} [{r['gain_lo']:+.3f}, {r['gain_hi']:+.3f}]), success {r['success']:.2f} "
+              f"[{r['success_lo']:.2f}, {r['success_hi']:.2f}] (moved and intact), edit norm {r['edit_norm']:.2f}",
+              flush=True)
 
     methods = args.methods.split(",")
     runs = [(m, float(k)) for k in args.strengths.split(",") for m in methods]
@@ -177,16 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrate:
         # 2a. Each edit method's strength, chosen on training scenes (the probes' own), never on the test images.
         calibration = images_and_targets(list(range(args.calibrate_images)))
-        # the stage's rules: which methods are calibrated (random takes its reference's), and the best mean gain wins
+        # the stage's rules: which methods are calibrated (random takes its reference's), and the best success wins
         cfg = InterventionConfig(tasks=("saliency",), methods=tuple(methods),
                                  calibrate={"saliency": [float(v) for v in args.calibrate.split(",")]})
         table = []
         for method in cfg.calibrated_methods("saliency"):
             tried = {k: evaluate(method, k, calibration) for k in cfg.calibrate["saliency"]}
-            table += [{"task": "saliency", "method": method, "strength": k, "gain": r["gain"]}
+            table += [{"task": "saliency", "method": method, "strength": k, "gain": r["gain"], "success": r["success"]}
                       for k, r in tried.items()]
-            gains = ", ".join(f"x{k:g} {r['gain']:+.3f}" for k, r in tried.items())
-            print(f"calibration {method}: mean gain on {args.calibrate_images} training scenes {gains}", flush=True)
+            scores = ", ".join(f"x{k:g} gain {r['gain']:+.3f} success {r['success']:.2f}" for k, r in tried.items())
+            print(f"calibration {method} on {args.calibrate_images} training scenes: {scores}", flush=True)
         cfg = replace(cfg, chosen=choose_strengths(table))
         print(f"chosen: {', '.join(f'{m} x{k:g}' for m, k in cfg.chosen.items())}", flush=True)
         results["calibration"] = cfg.chosen

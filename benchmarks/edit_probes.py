@@ -31,7 +31,7 @@ from workflows.stages.animate import stage_settings  # noqa: E402
 from workflows.stages.edits import run_edits, score  # noqa: E402
 from workflows.stages.shard import load  # noqa: E402
 from workflows.stages.grid import ProbeGroup, prepare_grid_data, read_activations  # noqa: E402
-from workflows.stages.interventions import gather_inputs  # noqa: E402
+from workflows.stages.edit_units import gather_inputs  # noqa: E402
 from workflows.store import load_run_config  # noqa: E402
 from probes.targets import draw_translations, make_targets  # noqa: E402
 
