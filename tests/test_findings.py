@@ -14,8 +14,9 @@ def rows(ldm_dice: float = 0.6, test_best: str = "up_1_0") -> list[dict]:
             ("ldm", "latent", 0.95, 0.1 + 0.04 * step),  # an extra: never the chosen layer
             ("permuted", "up_2_0", 0.2, 0.05), ("permuted", "down_0_0", 0.3, 0.08),
         ):
+            per_image = list(test + 0.05 * np.array([-1, 0, 1, 0]))  # 4 test images around the mean
             out.append({"variant": variant, "hook": hook, "step": step, "target": "saliency", "train_score": train,
-                        "dice": test, "dice_lo": test - 0.05, "dice_hi": test + 0.05})
+                        "dice": test, "dice_lo": test - 0.05, "dice_hi": test + 0.05, "per_image": per_image})
     out.append({"variant": "position", "hook": "-", "step": -1, "target": "saliency", "train_score": np.nan,
                 "dice": 0.27, "dice_lo": 0.25, "dice_hi": 0.29})
     return out
@@ -36,6 +37,26 @@ def test_claim_holds_and_fails_by_margin():
     # x_t at step 7 is 0.38: an LDM at 0.5 beats the permuted control but not x_t there.
     assert check_claim(compare(rows(ldm_dice=0.5), "saliency")[1]) == {"vs_permuted": True, "vs_latent": False}
     assert check_claim(compare(rows(ldm_dice=0.2), "saliency")[1]) == {"vs_permuted": False, "vs_latent": False}
+
+
+def test_claims_are_judged_on_the_paired_intervals_lower_bound():
+    """The same means, but per-image margins that scatter: the point estimate passes 0.15, the interval does not."""
+    data = rows()
+    for r in data:
+        if r["variant"] == "ldm" and r["hook"] == "up_2_0":
+            r["per_image"] = [0.6 + d for d in (-0.5, 0.5, -0.45, 0.45)]  # mean 0.6, wildly different images
+    table = compare(data, "saliency")[1]
+    assert np.isclose(table[3].margin("permuted"), 0.6 - 0.08)  # the paired mean
+    assert table[3].margin("permuted", 1) < 0.15 < table[3].margin("permuted")
+    assert check_claim(table)["vs_permuted"] is False
+    # paired: a margin the two probes share image by image is tight even when both scatter
+    tight = rows()
+    for r in tight:
+        if r["variant"] in ("ldm", "permuted") and r["hook"] in ("up_2_0", "down_0_0"):
+            r["per_image"] = [r["dice"] + d for d in (-0.5, 0.5, -0.45, 0.45)]
+    t3 = compare(tight, "saliency")[1][3]
+    assert np.isclose(t3.margin("permuted", 1), t3.margin("permuted", 2)) and check_claim(
+        compare(tight, "saliency")[1])["vs_permuted"] is True
 
 
 def test_missing_control_fails_the_claim_and_markdown_says_so():

@@ -22,7 +22,7 @@ from probes.resample import upsample_nearest
 from probes.selection import best_probe
 from probes.targets import make_targets
 from workflows.report.findings import (CONSTANT, HEADLINE, check_claim, compare, curve_series, is_constant_row,
-                                       select_hook)
+                                       margin_text, select_hook)
 from workflows.report.figures import Series, depth_image, heatmap_svg, line_chart_svg, mask_image, png_bytes
 from workflows.stages.grid import load_probe
 from workflows.stages.grid_data import prepare_grid_data
@@ -335,11 +335,12 @@ def finding(page: Page, rows: list[dict] | None) -> None:
             continue
         claim = check_claim(table)
         cells = [{"step": t.step, "LDM": t.shown("ldm"), "lo": t.shown("ldm", 1), "hi": t.shown("ldm", 2),
-                  "permuted": t.shown("permuted"), "x_t": t.shown("latent"), "LDM - permuted": t.margin("permuted"),
-                  "LDM - x_t": t.margin("latent")} for t in table]
+                  "permuted": t.shown("permuted"), "x_t": t.shown("latent"),
+                  "LDM - permuted": margin_text(t, "permuted"), "LDM - x_t": margin_text(t, "latent")} for t in table]
         page.parts.append(
             f"<h3>{target}: {html.escape(label)}</h3><p>LDM layer <code>{hooks['ldm']}</code>, permuted "
-            f"<code>{hooks['permuted']}</code>. Margin of at least 0.15 over the permuted control from step 3 on: "
+            f"<code>{hooks['permuted']}</code>. Margins are paired over the same test images (95% intervals); the claim "
+            "asks the interval's lower bound to be at least 0.15. Over the permuted control from step 3 on: "
             f"<b>{'yes' if claim['vs_permuted'] else 'no'}</b>; over x_t in steps 2-7: "
             f"<b>{'yes' if claim['vs_latent'] else 'no'}</b>.</p>"
             + html_table(cells, ["step", "LDM", "lo", "hi", "permuted", "x_t", "LDM - permuted", "LDM - x_t"]))

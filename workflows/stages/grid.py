@@ -50,7 +50,8 @@ SCHEMA = pa.schema(
     + [(m, pa.float64()) for m in _METRICS]
     + [("train_score", pa.float64()), ("threshold", pa.float64()), ("alpha", pa.float64()),
        ("alpha_at_edge", pa.bool_()), ("alpha_positioned", pa.float64()), ("alpha_positioned_at_edge", pa.bool_()),
-       ("constant_prediction", pa.bool_()), ("fit_seconds", pa.float64()), ("error", pa.string())]
+       ("constant_prediction", pa.bool_()), ("fit_seconds", pa.float64()), ("error", pa.string()),
+       ("per_image", pa.list_(pa.float64()))]  # the headline metric per test image (paired margins, findings)
 )
 POSITIONED = "depth_positioned"  # the weights' key of the depth probe that also sees the mean map (behind r2_pos)
 
@@ -68,8 +69,10 @@ class ProbeGroup:
         return f"{self.variant}/{self.hook}/step{self.step:02d}"
 
 
-def _metric_columns(scores: Scores) -> dict[str, float]:
-    row = {}
+def _metric_columns(scores: Scores, target: str) -> dict[str, float | list[float]]:
+    """Every estimate as `name, name_lo, name_hi`, and `per_image`: the headline metric (`TRAIN_SCORE[target]`) of
+    each test image, in the grid's test order, so margins between probes are paired over the same images."""
+    row: dict = {"per_image": [float(v) for v in scores.per_image[TRAIN_SCORE[target]]]}
     for key, est in scores.estimates.items():
         resolution, metric = key.split("/")
         name = ("" if resolution == "image" else "layer_") + METRIC_NAMES[metric]
@@ -77,7 +80,8 @@ def _metric_columns(scores: Scores) -> dict[str, float]:
     return row
 
 
-TRAIN_SCORE = {"saliency": "image/dice_fg", "depth": "image/r2_beyond_position"}  # the metric `train_score` holds
+# the headline metric: what `train_score` holds on the training images and `per_image` on each test image
+TRAIN_SCORE = {"saliency": "image/dice_fg", "depth": "image/r2_beyond_position"}
 METRIC_KEYS = {"saliency": ("dice_fg", "dice_bg", "iou", "auroc", "ap", "dice_tuned"),
                "depth": ("rmse", "pearson", "spearman", "r2_beyond_position")}
 
@@ -189,7 +193,7 @@ def fit_and_score(acts: GroupActs, target: str, data: GridData,
         train_pred, test_pred = probes[target].predict(acts.train), probes[target].predict(acts.test)
         train = score_prediction(target, train_pred, data, positioned[0], split=0)  # raises on non-finite values
         threshold = train_threshold(train_pred, data) if target == "saliency" else None
-        row = _metric_columns(score_prediction(target, test_pred, data, positioned[1], threshold=threshold))
+        row = _metric_columns(score_prediction(target, test_pred, data, positioned[1], threshold=threshold), target)
     except NonFiniteError as err:
         return {"error": f"non-finite values: {err}", "fit_seconds": time.perf_counter() - start}, {}
     row.update(train_score=train.estimates[TRAIN_SCORE[target]].mean,
@@ -250,7 +254,7 @@ def position_rows(data: GridData) -> list[dict]:
                          threshold=np.nan if threshold is None else threshold, alpha=np.nan, alpha_at_edge=None,
                          alpha_positioned=np.nan, alpha_positioned_at_edge=None,
                          constant_prediction=constant_prediction(target, pred, data), fit_seconds=0.0, error=None,
-                         **_metric_columns(score_prediction(target, pred, data, threshold=threshold))))
+                         **_metric_columns(score_prediction(target, pred, data, threshold=threshold), target)))
     return rows
 
 
