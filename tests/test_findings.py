@@ -88,3 +88,13 @@ def test_constant_controls_read_constant_prediction():
     text = format_findings(flagged)
     assert "| 3 | 0.60 [0.55, 0.65] | 0.08 [0.03, 0.13] | constant prediction |" in text
     assert "| 4 | 0.60 [0.55, 0.65] | 0.08 [0.03, 0.13] | 0.26 [0.21, 0.31] |" in text
+
+
+def test_a_claim_against_a_constant_control_is_not_testable():
+    data = rows()
+    for r in data:
+        if r["hook"] == "latent":
+            r["constant_prediction"] = True  # x_t predicts one value everywhere: its Dice is 0 by construction
+    claim = check_claim(compare(data, "saliency")[1])
+    assert claim == {"vs_permuted": True, "vs_latent": None}
+    assert "not testable (the control predicts a constant)" in format_findings(data)

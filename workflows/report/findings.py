@@ -96,13 +96,23 @@ def compare(rows: list[dict], target: str) -> tuple[dict[str, str | None], list[
 
 
 def check_claim(table: list[StepComparison], margin: float = 0.15, from_step: int = 3,
-                xt_steps: tuple[int, int] = (2, 7)) -> dict[str, bool]:
+                xt_steps: tuple[int, int] = (2, 7)) -> dict[str, bool | None]:
     """Whether every step from `from_step` beats the permuted control, and every step in `xt_steps` (inclusive)
     beats x_t, by at least `margin`, judged on the *lower bound* of the paired 95% interval of the margin, not its
-    point estimate (NaN, e.g. a missing control, fails)."""
-    vs_perm = [t.margin("permuted", 1) >= margin for t in table if t.step >= from_step]
-    vs_xt = [t.margin("latent", 1) >= margin for t in table if xt_steps[0] <= t.step <= xt_steps[1]]
-    return {"vs_permuted": bool(vs_perm) and all(vs_perm), "vs_latent": bool(vs_xt) and all(vs_xt)}
+    point estimate (NaN, e.g. a missing control, fails). None where the control predicted a constant at any of those
+    steps: beating a control that cannot score tests nothing."""
+
+    def holds(control: str, steps: list[StepComparison]) -> bool | None:
+        if any(control in t.constant for t in steps):
+            return None
+        return bool(steps) and all(t.margin(control, 1) >= margin for t in steps)
+
+    return {"vs_permuted": holds("permuted", [t for t in table if t.step >= from_step]),
+            "vs_latent": holds("latent", [t for t in table if xt_steps[0] <= t.step <= xt_steps[1]])}
+
+
+def verdict(value: bool | None) -> str:
+    return "not testable (the control predicts a constant)" if value is None else "yes" if value else "no"
 
 
 def format_findings(rows: list[dict], margin: float = 0.15) -> str:
@@ -130,8 +140,8 @@ def format_findings(rows: list[dict], margin: float = 0.15) -> str:
                          f"{margin_text(t, 'permuted')} | {margin_text(t, 'latent')} |")
         parts.append(f"\nClaim (the paired interval's lower bound at least {margin}): beats the permuted control "
                      "from step 3 on: "
-                     f"**{'yes' if claim['vs_permuted'] else 'no'}**; beats x_t in steps 2-7: "
-                     f"**{'yes' if claim['vs_latent'] else 'no'}**.\n")
+                     f"**{verdict(claim['vs_permuted'])}**; beats x_t in steps 2-7: "
+                     f"**{verdict(claim['vs_latent'])}**.\n")
     return "\n".join(parts)
 
 

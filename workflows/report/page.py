@@ -22,7 +22,7 @@ from probes.resample import upsample_nearest
 from probes.selection import best_probe
 from probes.targets import make_targets
 from workflows.report.findings import (CONSTANT, HEADLINE, check_claim, compare, curve_series, is_constant_row,
-                                       margin_text, select_hook)
+                                       margin_text, select_hook, verdict)
 from workflows.report.figures import Series, depth_image, heatmap_svg, line_chart_svg, mask_image, png_bytes
 from workflows.stages.grid import load_probe
 from workflows.stages.grid_data import prepare_grid_data
@@ -341,8 +341,8 @@ def finding(page: Page, rows: list[dict] | None) -> None:
             f"<h3>{target}: {html.escape(label)}</h3><p>LDM layer <code>{hooks['ldm']}</code>, permuted "
             f"<code>{hooks['permuted']}</code>. Margins are paired over the same test images (95% intervals); the claim "
             "asks the interval's lower bound to be at least 0.15. Over the permuted control from step 3 on: "
-            f"<b>{'yes' if claim['vs_permuted'] else 'no'}</b>; over x_t in steps 2-7: "
-            f"<b>{'yes' if claim['vs_latent'] else 'no'}</b>.</p>"
+            f"<b>{verdict(claim['vs_permuted'])}</b>; over x_t in steps 2-7: "
+            f"<b>{verdict(claim['vs_latent'])}</b>.</p>"
             + html_table(cells, ["step", "LDM", "lo", "hi", "permuted", "x_t", "LDM - permuted", "LDM - x_t"]))
 
 
