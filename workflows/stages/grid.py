@@ -94,7 +94,7 @@ def score_prediction(target: str, pred: np.ndarray, data: GridData, positioned: 
     saliency threshold chosen on the training images (`train_threshold`), for `dice_tuned`.
 
     When the image size is a multiple of the layer's and the predictions are finite, image-resolution metrics come
-    from the labels' block sums (`metrics.upsampled_*_metrics`, equal to scoring the upsampled arrays); otherwise
+    from the labels' block sums (`blocks.upsampled_*_metrics`, equal to scoring the upsampled arrays); otherwise
     `metrics.score_saliency` / `score_depth` upsample, and flag or raise on non-finite predictions."""
     truth = data.labels[target][split]
     h, w = pred.shape[1:]
@@ -129,7 +129,7 @@ def score_prediction(target: str, pred: np.ndarray, data: GridData, positioned: 
 
 def train_threshold(pred: np.ndarray, data: GridData) -> float:
     """The threshold of `dice_tuned`: the candidate (`metrics.THRESHOLDS`) with the best mean image-resolution Dice
-    of a probe's *training* predictions `(image, h, w)` (`metrics.choose_threshold`); test images take no part."""
+    of a probe's *training* predictions `(image, h, w)` (`blocks.choose_threshold`); test images take no part."""
     H, W = data.labels["saliency"][0].shape[1:]
     h, w = pred.shape[1:]
     if H % h or W % w:  # block sums need an integer factor: upsample first (blocks of one pixel)
