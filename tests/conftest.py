@@ -31,6 +31,25 @@ def sdxl_path(tmp_path_factory) -> Path:
     return tiny_pipelines.build_sdxl(tmp_path_factory.mktemp("sdxl"))
 
 
+@pytest.fixture(scope="module")
+def control(tmp_path_factory) -> Path:
+    """The fault-injection folder of `test_workflows_backend` (its files pause or fail generate() calls)."""
+    return tmp_path_factory.mktemp("control")
+
+
+@pytest.fixture(scope="module")
+def cluster(control):
+    """A private local Ray for one test module, whose workers see the `control` folder, one torch thread each."""
+    import ray
+
+    from test_workflows_backend import CONTROL
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"env_vars": {CONTROL: str(control), "OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
 _exit_status: list[int] = []
 
 

@@ -14,7 +14,6 @@ import shutil
 import signal
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -38,19 +37,6 @@ pytestmark = pytest.mark.slow
 
 TIMING = ("seconds", "edit_seconds")  # wall-clock columns: the only ones allowed to differ between the two runs
 CFG = dict(tasks=("saliency",), methods=("closed-form", "random"), max_images=2, actors=2, max_retries=2)
-
-
-@pytest.fixture(scope="module")
-def control(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("control")
-
-
-@pytest.fixture(scope="module")
-def cluster(control):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": {CONTROL: str(control), "OMP_NUM_THREADS": "1"}})
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -23,19 +23,6 @@ HOOKS = ["down_0_0", "mid_0", "up_3_2"]
 
 
 @pytest.fixture(scope="module")
-def control(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("control")
-
-
-@pytest.fixture(scope="module")
-def cluster(control):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             runtime_env={"env_vars": {"SCENEPROBE_TEST_CONTROL": str(control), "OMP_NUM_THREADS": "1"}})
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
     path.write_text("".join(f'{{"prompt": "scene {i}, a cube", "seed": {200 + i}}}\n' for i in range(8)))
