@@ -43,8 +43,8 @@ COMMANDS = {  # what produces each input (the same names as the other stages' er
 METHOD_ORDER = ("closed-form", "paper", "random")  # the order tables and figures show them
 CSS = """body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
 h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}figure{display:inline-block;margin:.3em;
-vertical-align:top;text-align:center}figcaption{font-size:11px;max-width:220px}table{border-collapse:collapse;display:block;overflow-x:auto;max-width:100%;
-font-size:12px;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}
+vertical-align:top;text-align:center}figcaption{font-size:11px;max-width:220px}
+table{border-collapse:collapse;display:block;overflow-x:auto;max-width:100%;font-size:12px;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}
 .missing{background:#fff6e0;border:1px solid #e0c070;padding:.5em 1em}.row{display:flex;flex-wrap:wrap;
 align-items:flex-start}code{background:#f3f3f3;padding:0 3px}"""
 
