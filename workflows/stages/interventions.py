@@ -115,12 +115,14 @@ def _finite_mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def write_tables(output: str, rows: list[dict]) -> None:
+def write_tables(output: str, rows: list[dict]) -> list[dict]:
     """`interventions/metrics.parquet` (one row per edit, judged) and `interventions/summary.parquet` (per task,
-    method)."""
+    method); returns the summary."""
     rows = sorted(rows, key=lambda r: (r["task"], r["method"], r["image"], r["target_index"]))
+    summary = summarise(rows) if rows else []
     write_table(output, INTERVENTION_METRICS, rows)
-    write_table(output, INTERVENTION_SUMMARY, summarise(rows))
+    write_table(output, INTERVENTION_SUMMARY, summary)
+    return summary
 
 
 def write_calibration(output: str, table: list[dict], chosen: dict[str, float]) -> None:
@@ -202,8 +204,7 @@ def run_interventions(output: str, cfg: InterventionConfig | None = None, *, run
     execute(make_units(inputs, cfg), f"{len(inputs.test)} test images x {cfg.targets.count} targets")  # 3.
     rows = [judge(r, cfg) for key, unit_rows in done.items() if not key.startswith(CALIBRATION + "/")
             for r in unit_rows]
-    write_tables(output, rows)  # 4.
-    summary = summarise(rows) if rows else []
+    summary = write_tables(output, rows)  # 4.
     print_summary(summary, stream)
     return InterventionResult(counts["done"], counts["skipped"], failed, summary, cfg)
 
