@@ -135,7 +135,6 @@ class StageInputs:
     train_prompts: list[str]
     train_seeds: list[int]
     train_labels: dict[str, np.ndarray]  # task -> (image, H, W) for `train`
-    unedited: dict[int, np.ndarray]  # image id -> (H, W, 3) uint8 as generated, for `test` and `train`
     probes: dict[str, dict[tuple[str, int], LinearProbe]]
     hooks: dict[str, list[str]]
     scaler: DepthScaler | None
@@ -178,30 +177,35 @@ def gather_inputs(output: str, cfg: InterventionConfig) -> StageInputs:
     probes = {t: {(h, s): load_probe(output, cfg.variant, t, h, s) for h in hooks[t] for s in cfg.steps(t)}
               for t in cfg.tasks}
     train = data.train[: cfg.calibrate_images] if cfg.calibrate else data.train[:0]
-    ids = [int(i) for i in np.concatenate([test, train])]
     return StageInputs(test=test, prompts=[plan.prompts[i] for i in test], seeds=[plan.seeds[i] for i in test],
                        labels={t: data.labels[t][1][: len(test)] for t in cfg.tasks},
                        train=train, train_prompts=[plan.prompts[i] for i in train],
                        train_seeds=[plan.seeds[i] for i in train],
                        train_labels={t: data.labels[t][0][: len(train)] for t in cfg.tasks}, probes=probes,
-                       unedited=dict(zip(ids, take_images(open_store(output)[IMAGES], ids))),
                        hooks=hooks, scaler=data.depth_scaler, n_images=len(plan), size=tuple(layout.image))
 
 
-def make_units(inputs: StageInputs, cfg: InterventionConfig) -> list[Unit]:
-    """Every (task, method, test image) unit, with the image's seeded translations and the method's strength."""
+def read_unedited(output: str, images: np.ndarray) -> np.ndarray:
+    """The run's own images `(image, H, W, 3)` uint8 for run image ids `images`: what each unit's edits are compared
+    with. Read by the driver, once, where the units are made (actors and the animation never need them)."""
+    return take_images(open_store(output)[IMAGES], np.asarray(images, np.int64))
+
+
+def make_units(inputs: StageInputs, cfg: InterventionConfig, unedited: np.ndarray) -> list[Unit]:
+    """Every (task, method, test image) unit, with the image's seeded translations and the method's strength;
+    `unedited`: `read_unedited` of `inputs.test`."""
     moves = draw_translations(inputs.test, cfg.targets, inputs.size)
     return [Unit(task, method, int(image), inputs.prompts[k], int(inputs.seeds[k]), inputs.labels[task][k], moves[k],
-                 inputs.unedited[int(image)], strength=cfg.strength_of(task, method))
+                 unedited[k], strength=cfg.strength_of(task, method))
             for task in cfg.tasks for method in cfg.methods for k, image in enumerate(inputs.test)]
 
 
-def calibration_units(inputs: StageInputs, cfg: InterventionConfig) -> list[Unit]:
-    """Every (task, calibrated method, candidate strength, training image) unit: targets drawn as for test images."""
+def calibration_units(inputs: StageInputs, cfg: InterventionConfig, unedited: np.ndarray) -> list[Unit]:
+    """Every (task, calibrated method, candidate strength, training image) unit: targets drawn as for test images;
+    `unedited`: `read_unedited` of `inputs.train`."""
     moves = draw_translations(inputs.train, cfg.targets, inputs.size)
     return [Unit(task, method, int(image), inputs.train_prompts[k], int(inputs.train_seeds[k]),
-                 inputs.train_labels[task][k], moves[k], inputs.unedited[int(image)], strength=float(strength),
-                 calibration=True)
+                 inputs.train_labels[task][k], moves[k], unedited[k], strength=float(strength), calibration=True)
             for task in cfg.tasks for method in cfg.calibrated_methods(task) for strength in cfg.calibrate[task]
             for k, image in enumerate(inputs.train)]
 

@@ -15,7 +15,7 @@ from ldm.errors import UserError
 from probes.metrics import bootstrap_ci
 from workflows.config import InterventionConfig
 from workflows.stages.edit_units import (StageInputs, Unit, Worker, calibration_units, colour_check_for, gather_inputs,
-                                         load_labelers, make_units, run_unit, store_sink)
+                                         load_labelers, make_units, read_unedited, run_unit, store_sink)
 from workflows.stages.edits import METRIC
 from workflows.stages.shard import load
 from workflows.store import Records, load_run_config, open_store, read_file, remove_file, write_atomic, write_table
@@ -188,7 +188,7 @@ def run_interventions(output: str, cfg: InterventionConfig | None = None, *, run
         if todo:
             run_units(todo, on_done, on_failed)
 
-    calibration = calibration_units(inputs, cfg)  # 2.
+    calibration = calibration_units(inputs, cfg, read_unedited(output, inputs.train))  # 2.
     if calibration:
         execute(calibration, f"choosing strengths on {len(inputs.train)} training images")
         if failed:
@@ -201,7 +201,8 @@ def run_interventions(output: str, cfg: InterventionConfig | None = None, *, run
             print(f"calibration {r['task']:8s} {r['method']:11s} x{r['strength']:<4g} gain {r['gain']:+.3f}, moved "
                   f"{r['moved']:.2f}, intact {r['intact']:.2f}, success {r['success']:.2f} on {r['n_images']} "
                   f"training images{mark}", file=stream, flush=True)
-    execute(make_units(inputs, cfg), f"{len(inputs.test)} test images x {cfg.targets.count} targets")  # 3.
+    test_units = make_units(inputs, cfg, read_unedited(output, inputs.test))
+    execute(test_units, f"{len(inputs.test)} test images x {cfg.targets.count} targets")  # 3.
     rows = [judge(r, cfg) for key, unit_rows in done.items() if not key.startswith(CALIBRATION + "/")
             for r in unit_rows]
     summary = write_tables(output, rows)  # 4.
