@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -74,6 +74,10 @@ class Worker:
     sink: Callable[[Unit, np.ndarray], None] | None = None
     # (images, masks, caption) -> (n,) 1.0 where the caption's colour is read inside the mask (toy world), else None
     colour_check: Callable[[np.ndarray, np.ndarray, str], np.ndarray] | None = None
+    # (prompt, seed) -> `seed_reference`: every unit of an image (each task, method and strength) compares with the
+    # same redraw, so it is made once per worker (about 1 MB per image at 512 px)
+    references: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict,
+                                                                                       repr=False)
 
 
 def run_unit(worker: Worker, unit: Unit) -> list[dict]:
@@ -109,12 +113,12 @@ def integrity(worker: Worker, unit: Unit, images: np.ndarray, original: np.ndarr
     mask `new > 0.5` after, so a kept-but-unmoved object counts as kept, and a blob in its place does not."""
     n = len(targets)
     region = moved_region(original, targets, unit.task)
-    redrawn = worker.model.generate([unit.prompt], [unit.seed + REFERENCE_SEED_OFFSET])  # (1, H, W, 3)
-    latents = worker.model.encode(np.concatenate([images, redrawn, unit.unedited[None]]))  # (n + 2, h, w, c)
+    redrawn, redrawn_latent, unedited_latent = seed_reference(worker, unit)
+    latents = worker.model.encode(images)  # (n, h, w, c)
     out = {"background_rmse": background_distance(images, unit.unedited, region),
-           "background_rmse_seed": background_distance(np.repeat(redrawn, n, 0), unit.unedited, region),
-           "background_latent": feature_distance(latents[:n], latents[n + 1], region),
-           "background_latent_seed": feature_distance(np.repeat(latents[n:n + 1], n, 0), latents[n + 1], region),
+           "background_rmse_seed": background_distance(np.repeat(redrawn[None], n, 0), unit.unedited, region),
+           "background_latent": feature_distance(latents, unedited_latent, region),
+           "background_latent_seed": feature_distance(np.repeat(redrawn_latent[None], n, 0), unedited_latent, region),
            "object_distance": np.full(n, np.nan), "colour_kept": np.full(n, np.nan)}
     if unit.task == "saliency":  # the object: the salient mask before, the edited image's own mask after
         masks = np.asarray(new) > 0.5
@@ -122,6 +126,18 @@ def integrity(worker: Worker, unit: Unit, images: np.ndarray, original: np.ndarr
         if worker.colour_check is not None:
             out["colour_kept"] = worker.colour_check(images, masks, unit.prompt)
     return out
+
+
+def seed_reference(worker: Worker, unit: Unit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(redrawn `(H, W, 3)`, its VAE latent `(h, w, c)`, the unedited image's latent) for `unit.image`: its prompt
+    drawn with seed + `REFERENCE_SEED_OFFSET` and no edit. Made on the first unit of the (prompt, seed) that makes the
+    image, then kept."""
+    key = (unit.prompt, int(unit.seed))
+    if key not in worker.references:
+        redrawn = worker.model.generate([unit.prompt], [unit.seed + REFERENCE_SEED_OFFSET])[0]
+        latents = worker.model.encode(np.stack([redrawn, unit.unedited]))
+        worker.references[key] = (redrawn, latents[0], latents[1])
+    return worker.references[key]
 
 
 @dataclass
