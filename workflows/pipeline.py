@@ -24,7 +24,7 @@ from workflows.stages.generate import check_inputs, generate, generate_controls,
 from workflows.stages.grid import probe_run
 from workflows.stages.interventions import run_interventions
 from workflows.stages.labels import label_run
-from workflows.stages.prompts import build_plan
+from workflows.stages.prompts import check_prompts
 from workflows.store import check_output, require_run
 
 
@@ -34,7 +34,7 @@ def check_before_start(cfg: RunConfig, stages: tuple[str, ...], resume: bool) ->
     if "generate" in stages or "controls" in stages:
         check_inputs(cfg, in_ray_job=bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")))
         if "generate" in stages and not check_output(cfg, resume):
-            build_plan(cfg)  # a new run's prompts: a missing file or column is named now
+            check_prompts(cfg)  # a new run's prompts: a missing file or column is named now
     else:
         require_run(cfg, stages[0])
 

@@ -141,6 +141,14 @@ def toy_plan(cfg: RunConfig) -> Plan:
     return Plan(toy_captions(seeds), seeds, splits)
 
 
+def check_prompts(cfg: RunConfig) -> None:
+    """Refuse a prompts source that cannot be used, before anything starts: files are read and checked exactly as
+    `build_plan` reads them. The toy source has nothing to refuse (its inputs are config fields, validated with the
+    config), so its captions are not rendered here a second time (about 9 s per 1,000 images)."""
+    if cfg.prompts.source == "file":
+        build_plan(cfg)
+
+
 def build_plan(cfg: RunConfig) -> Plan:
     """The ordered (prompt, seed, split) items of a run: train first, then test, each in source order."""
     if cfg.prompts.source == "toy":
