@@ -135,11 +135,10 @@ def probe_heatmaps(page: Page, rows: list[dict] | None) -> None:
         if not any(r["target"] == target for r in rows):
             continue
         figures = []
-        values_all = [grid_of(rows, target, v, metric)[0] for v in VARIANTS]
-        finite = np.concatenate([v[np.isfinite(v)] for v in values_all])
+        grids = {v: grid_of(rows, target, v, metric) for v in VARIANTS}
+        finite = np.concatenate([g[0][np.isfinite(g[0])] for g in grids.values()])
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        for variant, values in zip(VARIANTS, values_all):
-            _, hooks, steps, mode = grid_of(rows, target, variant, metric)
+        for variant, (values, hooks, steps, mode) in grids.items():
             if hooks:
                 title = f"{target} {label}: {VARIANT_NAMES[variant]} ({mode})"
                 figures.append(heatmap_svg(values, hooks, steps, title=title, vmin=lo, vmax=hi, better=better))
@@ -157,7 +156,7 @@ def probe_curves(page: Page, rows: list[dict] | None) -> None:
     if not rows:
         page.missing("No probe metrics (probes/metrics.parquet).", "probes")
         return
-    for target, (metric, better, label) in PRIMARY.items():
+    for target, (metric, _, label) in PRIMARY.items():
         hook = select_hook(rows, target, "ldm")
         if hook is None:
             continue
@@ -200,7 +199,6 @@ def predictions(page: Page, rows: list[dict] | None, cfg: dict | None, examples:
         return
     store = open_store(page.output)
     for target in targets:
-        metric, better, _ = PRIMARY[target]
         hook = select_hook(rows, target, "ldm")
         steps = sorted({r["step"] for r in rows
                         if r["target"] == target and r["variant"] == "ldm" and r["hook"] == hook})
