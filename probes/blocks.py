@@ -108,6 +108,15 @@ def upsampled_depth_metrics(pred: np.ndarray, truth: BlockTruth, deviation: np.n
             "r2_beyond_position": r2, "constant_truth": tot["constant"] > 0}
 
 
+def upsampled_cross_entropy(prob: np.ndarray, truth: BlockTruth, eps: float = 1e-6) -> np.ndarray:
+    """`(image,)` mean binary cross-entropy, in nats per image pixel, of `upsample_nearest(prob)` against the masks,
+    for layer-resolution probabilities `(image, h, w)` (clipped to [eps, 1 - eps]), from the masks' `block_truth`."""
+    n, k = len(prob), truth.block
+    p = np.clip(np.asarray(prob, np.float64).reshape(n, -1), eps, 1 - eps)
+    fg = truth.sums["t"]
+    return -(fg * np.log(p) + (k - fg) * np.log1p(-p)).sum(1) / truth.pixels
+
+
 def dice_by_threshold(prob: np.ndarray, truth: BlockTruth, thresholds: Any = THRESHOLDS) -> np.ndarray:
     """`(threshold, image)` foreground Dice of `upsample_nearest(prob) > t` for layer-resolution probabilities
     `(image, h, w)`, every candidate at once, from the masks' `block_truth`."""

@@ -14,6 +14,10 @@ blocks of images, so memory is O(c^2 + a few blocks + cache_bytes) whatever the 
   the validation loss accumulated in the same passes. Beyond `cache_bytes` the path
   runs on a resident pixel sample of every training image and only the final fit streams (see fit_logistic).
 
+Each probe also keeps the solution at the chosen alpha fit *before* the validation images were pooled back in
+(`val_weight`, `val_bias`: free, it is the alpha search's own): its predictions on the validation images are
+held-out predictions, so a layer can be chosen on a validation score without refitting and without test images.
+
 Objectives (x standardised, n pixels, bias unpenalised):
   ridge:    mean_i (y_i - x_i.w - b)^2                       + alpha |w|^2
   logistic: mean_i [softplus(z_i) - y_i z_i] + alpha |w|^2,   z_i = x_i.w + b
@@ -61,6 +65,10 @@ class LinearProbe:
     alpha: float = 0.0
     alpha_grid: np.ndarray = field(default_factory=lambda: np.zeros(0))
     val_losses: np.ndarray = field(default_factory=lambda: np.zeros(0))  # validation loss per alpha in alpha_grid
+    # the chosen alpha's solution on the training images outside the validation split (`validation_split`), before
+    # the final refit; None without a validation split (a single alpha, the paper's trainer)
+    val_weight: np.ndarray | None = None  # (c,) on standardised channels, like `weight`
+    val_bias: float = float("nan")
 
     @property
     def raw_weight(self) -> np.ndarray:
@@ -70,17 +78,23 @@ class LinearProbe:
     def raw_bias(self) -> float:
         return float(self.bias - np.dot(self.mean / self.scale, self.weight))
 
-    def decision(self, acts: Any, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> np.ndarray:
-        """Logit (saliency) or value (depth) per pixel: `(image, h, w, c)` -> `(image, h, w)` float32, streamed."""
-        w = torch.from_numpy(self.raw_weight.astype(np.float32))
+    def decision(self, acts: Any, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, held_out: bool = False) -> np.ndarray:
+        """Logit (saliency) or value (depth) per pixel: `(image, h, w, c)` -> `(image, h, w)` float32, streamed.
+        held_out: with the solution fit without the validation images (`val_weight`), for validation scores."""
+        weight, bias = (self.val_weight, self.val_bias) if held_out else (self.weight, self.bias)
+        if weight is None:
+            raise ValueError("this probe was fit without a validation split: it has no held-out solution")
+        w = torch.from_numpy((weight / self.scale).astype(np.float32))
+        b = float(bias - np.dot(self.mean / self.scale, weight))
         out = np.empty(tuple(acts.shape[:-1]), np.float32)
         for idx, x in iter_blocks(acts, chunk_bytes=chunk_bytes):
-            out[idx] = (x @ w + self.raw_bias).numpy()
+            out[idx] = (x @ w + b).numpy()
         return out
 
-    def predict(self, acts: Any, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> np.ndarray:
-        """Foreground probability (saliency) or depth (depth) per pixel, `(image, h, w)` float32."""
-        z = self.decision(acts, chunk_bytes=chunk_bytes)
+    def predict(self, acts: Any, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, held_out: bool = False) -> np.ndarray:
+        """Foreground probability (saliency) or depth (depth) per pixel, `(image, h, w)` float32; `held_out` as
+        for `decision`."""
+        z = self.decision(acts, chunk_bytes=chunk_bytes, held_out=held_out)
         return expit(z).astype(np.float32) if self.kind == "saliency" else z
 
     def to_dict(self) -> dict[str, np.ndarray]:
@@ -95,7 +109,8 @@ class LinearProbe:
             "val_losses": np.asarray(self.val_losses, np.float64),
             "kind_code": np.asarray([KINDS.index(self.kind)], np.int64),
             "method_code": np.asarray([METHODS.index(self.method)], np.int64),
-        }
+        } | ({} if self.val_weight is None else {"val_weight": np.asarray(self.val_weight, np.float64),
+                                                  "val_bias": np.asarray([self.val_bias], np.float64)})
 
     @classmethod
     def from_dict(cls, d: dict[str, np.ndarray]) -> LinearProbe:
@@ -109,6 +124,8 @@ class LinearProbe:
             alpha=float(d["alpha"][0]),
             alpha_grid=np.asarray(d["alpha_grid"], np.float64),
             val_losses=np.asarray(d["val_losses"], np.float64),
+            val_weight=np.asarray(d["val_weight"], np.float64) if "val_weight" in d else None,
+            val_bias=float(d["val_bias"][0]) if "val_bias" in d else float("nan"),
         )
 
 
@@ -217,12 +234,14 @@ def fit_ridge(
     val = validation_split(n, val_fraction, seed)
     s_tr, s_va = _sums(blocks, y, val, acts.shape[-1], device)
     grid = np.asarray(alphas, np.float64)
-    losses = _mse(s_va, *_ridge_solutions(s_tr, grid))
+    ws_tr, bs_tr = _ridge_solutions(s_tr, grid)
+    losses = _mse(s_va, ws_tr, bs_tr)
     best = int(np.argmin(losses))
     s_all = {k: s_tr[k] + s_va[k] for k in s_tr}  # = the block totals
     ws, bs = _ridge_solutions(s_all, grid[best : best + 1])
     return LinearProbe(kind=kind, method="ridge", weight=ws[0], bias=float(bs[0]), mean=st.mean, scale=st.scale,
-                       alpha=float(grid[best]), alpha_grid=grid, val_losses=losses)
+                       alpha=float(grid[best]), alpha_grid=grid, val_losses=losses, val_weight=ws_tr[best],
+                       val_bias=float(bs_tr[best]))
 
 
 # The Hessian only steers Newton's steps (convergence is judged on the exact gradient), so each pass estimates it on at
@@ -408,5 +427,8 @@ def fit_logistic(
     theta, _, _ = _newton(blocks, _Targets(y, np.ones(n, bool), device), start, float(grid[best]), max_iter, tol,
                           stride, hess)
     th = theta.cpu().numpy()
+    held = thetas[best].cpu().numpy() if thetas else None  # fit without the validation images
     return LinearProbe(kind=kind, method="logistic", weight=th[:c], bias=float(th[c]), mean=st.mean, scale=st.scale,
-                       alpha=float(grid[best]), alpha_grid=grid, val_losses=losses)
+                       alpha=float(grid[best]), alpha_grid=grid, val_losses=losses,
+                       val_weight=None if held is None else held[:c],
+                       val_bias=float("nan") if held is None else float(held[c]))

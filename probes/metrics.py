@@ -180,6 +180,16 @@ def r2_beyond_position(pred: np.ndarray, truth: np.ndarray, mean_map: np.ndarray
         return np.where(sst > 0, 1 - sse / sst, np.nan)
 
 
+def deviance_beyond_position(cross_entropy: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Saliency's analogue of R2 beyond position, per image: 1 - CE(probe) / CE(position-only probe), the share of
+    the position-only probe's cross-entropy the probe removes (McFadden's pseudo-R2 with the position probe as the
+    null model). 0 for the position probe itself, negative for a probe worse than position alone, 1 for a perfect
+    one. NaN where the reference is 0."""
+    ref = np.asarray(reference, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ref > 0, 1 - np.asarray(cross_entropy, np.float64) / ref, np.nan)
+
+
 def depth_metrics(pred: np.ndarray, truth: np.ndarray, mean_map: np.ndarray,
                   positioned: np.ndarray | None = None,
                   ranks: bool | tuple[np.ndarray, np.ndarray] = True) -> dict[str, np.ndarray]:

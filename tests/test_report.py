@@ -16,7 +16,7 @@ from workflows.report.figures import Series, heatmap_svg, line_chart_svg, ramp
 from workflows.report.page import COMMANDS, build_report, hook_order
 
 HOOKS = ["down_0_0", "mid_0", "up_1_0", "up_3_2"]
-COLUMNS = [m + s for m in ("dice", "r2_pos") for s in ("", "_lo", "_hi")]
+COLUMNS = [m + s for m in ("dice_tuned", "r2_pos") for s in ("", "_lo", "_hi")]
 
 
 class Tags(HTMLParser):
@@ -44,13 +44,13 @@ def fake_metric_rows(steps: int = 4) -> list[dict]:
         for hook in HOOKS:
             for step in range(steps):
                 base = 0.5 + 0.1 * step if variant == "ldm" else 0.3
-                for target, metric, value in (("saliency", "dice", base), ("depth", "r2_pos", base - 0.3)):
+                for target, metric, value in (("saliency", "dice_tuned", base), ("depth", "r2_pos", base - 0.3)):
                     v = value + rng.normal(0, 0.01)
                     rows.append({"variant": variant, "hook": hook, "step": step, "target": target, "mode": "ours",
                                  **dict.fromkeys(COLUMNS), metric: v, f"{metric}_lo": v - 0.05,
                                  f"{metric}_hi": v + 0.05, "n_train": 30,
-                                 "n_test": 10, "error": None, "train_score": v + 0.05})
-    for target, metric in (("saliency", "dice"), ("depth", "r2_pos")):
+                                 "n_test": 10, "error": None, "val_score": v + 0.05})
+    for target, metric in (("saliency", "dice_tuned"), ("depth", "r2_pos")):
         rows.append({"variant": "position", "hook": "-", "step": -1, "target": target, "mode": "-",
                      **dict.fromkeys(COLUMNS), metric: 0.4,
                      f"{metric}_lo": 0.35, f"{metric}_hi": 0.45, "n_train": 30, "n_test": 10, "error": None})
@@ -76,7 +76,7 @@ def test_probes_only_output_shows_figures_and_says_what_is_missing(tmp_path):
     tags = parse(path)
     # Heatmaps for 2 targets x 3 variants, and 2 curve charts per target.
     assert tags.svgs == 6 + 4
-    assert "up_3_2" in text and "Position-only baseline" in text
+    assert "up_3_2" in text and "Position control (a probe on the position basis)" in text
     for stage in ("generate", "interventions", "animate"):
         assert COMMANDS[stage] in text
     assert tags.imgs == []
@@ -91,7 +91,7 @@ def test_best_probe_is_chosen_on_the_training_split(tmp_path):
     rows = fake_metric_rows()
     for r in rows:  # training scores peak at step 1 while the test metric keeps rising: the table must follow them
         if r["variant"] != "position":
-            r["train_score"] = 1.0 - abs(r["step"] - 1) * 0.1
+            r["val_score"] = 1.0 - abs(r["step"] - 1) * 0.1
     out = tmp_path / "run"
     (out / "probes").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows), out / "probes" / "metrics.parquet")
@@ -161,11 +161,11 @@ def test_constant_predictions_show_as_such_not_as_numbers(tmp_path):
     text = build_report(str(out)).read_text()
     tables = text.split("<h2>Tables</h2>")[1]
     for variant in ("permuted", "position"):
-        assert re.search(rf"<td>saliency</td><td>{variant}</td><td>[\w-]+</td><td>-?\d+</td><td>dice</td>"
+        assert re.search(rf"<td>saliency</td><td>{variant}</td><td>[\w-]+</td><td>-?\d+</td><td>dice_tuned</td>"
                          r"<td>constant prediction</td><td></td><td></td>", tables), variant
-    assert re.search(r"<td>saliency</td><td>ldm</td><td>\w+</td><td>\d+</td><td>dice</td><td>0\.\d{3}</td>", tables)
+    assert re.search(r"<td>saliency</td><td>ldm</td><td>\w+</td><td>\d+</td><td>dice_tuned</td><td>0\.\d{3}</td>", tables)
     assert re.search(r"<td>depth</td><td>permuted</td><td>\w+</td><td>\d+</td><td>r2_pos</td><td>0\.\d{3}</td>",
                      tables)  # only the flagged rows
     finding = text.split("<h2>Finding")[1].split("<h3>depth")[0]
-    assert finding.count("<td>constant prediction</td>") == 4  # the permuted column, one per step
-    assert "Dice constant prediction." in text  # the heatmaps' note on the position baseline
+    assert finding.count("<td>constant prediction</td>") == 8  # the permuted and position columns, one per step
+    assert "Position control (a probe on the position basis): Dice (threshold chosen on training images) constant prediction." in text

@@ -131,7 +131,10 @@ def test_ray_grid_matches_local(run, tmp_path):
 
 def test_block_sum_scores_equal_the_full_scorers_and_controls_share_x_statistics(run):
     from probes.metrics import score_depth, score_saliency
-    from workflows.stages.grid import GroupActs, fit_and_score, read_activations, score_prediction
+    from workflows.stages.grid import read_activations
+    from workflows.stages.grid_data import GroupActs
+    from workflows.stages.grid_fit import fit_and_score
+    from workflows.stages.grid_scores import score_prediction
 
     data = prepare_grid_data(run, n_boot=50)
     every = read_activations(run, ProbeGroup("ldm", "good", 1), np.concatenate([data.train, data.test]))
@@ -174,7 +177,8 @@ def grid_rows(run) -> dict[tuple, dict]:
 
 
 def group_acts(run, data, hook="good", step=1):
-    from workflows.stages.grid import GroupActs, read_activations
+    from workflows.stages.grid import read_activations
+    from workflows.stages.grid_data import GroupActs
 
     every = read_activations(run, ProbeGroup("ldm", hook, step), np.concatenate([data.train, data.test]))
     return GroupActs(every[: len(data.train)], every[len(data.train):], data)
@@ -206,7 +210,7 @@ def test_dice_threshold_is_chosen_on_training_images_only(run):
 
     from probes.metrics import THRESHOLDS
     from probes.resample import upsample_nearest
-    from workflows.stages.grid import fit_and_score
+    from workflows.stages.grid_fit import fit_and_score
 
     data = prepare_grid_data(run, n_boot=50)
     acts = group_acts(run, data, "noise", 1)  # a weak probe: its best threshold is not 0.5's neighbourhood by luck
@@ -229,24 +233,44 @@ def dice_of(pred, masks):
     return dice_iou(pred, masks > 0.5)["dice_fg"]
 
 
+def position_acts(data):
+    from probes.positional import position_features
+    from workflows.stages.grid_data import GroupActs
+
+    h, w = 8, 8
+    return GroupActs(position_features(len(data.train), h, w), position_features(len(data.test), h, w), data,
+                     has_position=True)
+
+
 def test_edge_alphas_and_constant_predictions_are_flagged(run):
     import dataclasses
 
     from probes.baselines import position_map
     from probes.linear import RIDGE_ALPHAS, LinearProbe
-    from workflows.stages.grid import GroupActs, alpha_at_edge, fit_and_score, position_rows
+    from workflows.stages.grid_data import GroupActs
+    from workflows.stages.grid_fit import fit_and_score
+    from workflows.stages.grid_scores import alpha_at_edge
 
     grid = np.asarray(RIDGE_ALPHAS)
     probe = lambda a, g=grid: LinearProbe("depth", "ridge", np.zeros(2), 0.0, np.zeros(2), np.ones(2), a, g)  # noqa
     assert alpha_at_edge(probe(1e-6)) and alpha_at_edge(probe(1e2)) and not alpha_at_edge(probe(1e-2))
     assert alpha_at_edge(probe(0.0, np.zeros(0))) is None and alpha_at_edge(None) is None
+    from probes.metrics import is_constant
+    from workflows.stages.grid import read_activations
+
+    test_images = prepare_grid_data(run, n_boot=50).test
     for (variant, hook, step, target), r in grid_rows(run).items():
-        if variant == "position":
-            assert r["alpha_at_edge"] is None and r["constant_prediction"] == (target == "depth")  # dev. from map 0
-            continue
         fitted = load_probe(run, variant, target, hook, step)
         assert r["alpha_at_edge"] == alpha_at_edge(fitted) and r["alpha"] == fitted.alpha
-        assert r["constant_prediction"] is False
+        if variant == "position" or target == "depth":
+            # the position control's depth deviation from the mean map is constant: positions are alike in every
+            # image; no activation probe's depth is
+            assert r["constant_prediction"] is (variant == "position" and target == "depth"), (variant, target)
+            continue
+        # saliency: constant where every test pixel is on one side of the headline's threshold (the noise layer's
+        # probe calls everything foreground: its dice_tuned is the all-foreground mask's)
+        pred = fitted.predict(read_activations(run, ProbeGroup("ldm", hook, step), test_images))
+        assert r["constant_prediction"] is is_constant(pred, threshold=r["threshold"]), (variant, hook, step)
     # activations that carry nothing: the probes predict constants, which the rows say (AUROC exactly 0.5)
     data = prepare_grid_data(run, n_boot=50)
     real = group_acts(run, data)
@@ -256,14 +280,15 @@ def test_edge_alphas_and_constant_predictions_are_flagged(run):
         assert row["error"] is None and row["constant_prediction"] is True, target
     assert row["r2_pos"] == pytest.approx(0.0, abs=1e-4)
     assert fit_and_score(blank, "saliency", data)[0]["auroc"] == 0.5
-    # a mean training mask below 0.5 everywhere (the toy world's): the baseline's Dice at 0.5 is an empty mask
+    # a mean training mask below 0.5 everywhere (the toy world's): the position probe's Dice at 0.5 is an empty mask,
+    # but the headline's threshold, chosen on training masks, finds the layout prior, so it is no constant
     train, test = data.labels["saliency"]
     sparse = train * np.roll(train, 1, axis=0) * np.roll(train, 2, axis=0)  # ~1/8 of each image's blocks
     low = dataclasses.replace(data, labels={**data.labels, "saliency": (sparse, test)},
                               mean_maps={**data.mean_maps, "saliency": position_map(sparse)}, _memo={})
-    row = next(r for r in position_rows(low) if r["target"] == "saliency")
-    assert row["constant_prediction"] is True and row["dice"] == pytest.approx(0.0)
-    assert row["threshold"] < 0.5 and row["dice_tuned"] > 0.3  # a threshold chosen on training masks finds it
+    row, _ = fit_and_score(position_acts(low), "saliency", low)
+    assert row["dice"] == pytest.approx(0.0) and row["constant_prediction"] is False
+    assert row["threshold"] < 0.5 and row["dice_tuned"] > 0.3 and row["dev_pos"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_positioned_depth_probe_is_stored_and_reproduces_r2_pos(run):
@@ -290,5 +315,71 @@ def test_positioned_depth_probe_is_stored_and_reproduces_r2_pos(run):
             assert value == pytest.approx(row[column], rel=1e-5, abs=1e-6), (variant, hook, column)
         assert sc.estimates["layer/r2_beyond_position"].mean == pytest.approx(row["layer_r2_pos"], rel=1e-5, abs=1e-6)
     assert rows[("ldm", "good", 0, "depth")]["r2_pos"] > 0.8  # the reproduced number is the headline one
-    with pytest.raises(UserError, match="only depth has a positioned probe"):
-        load_probe(run, "ldm", "saliency", "good", 0, positioned=True)
+
+
+def test_positioned_saliency_probe_is_stored_and_reproduces_dev_pos(run):
+    from probes.fit import fit_probe
+    from probes.metrics import bootstrap_ci, dice_iou
+    from probes.positional import position_features, with_position_features
+    from probes.resample import upsample_nearest
+    from workflows.stages.grid import read_activations
+
+    rows = grid_rows(run)
+    data = prepare_grid_data(run, n_boot=200)
+    masks = data.labels["saliency"][1] > 0.5
+
+    def cross_entropy(prob):  # the upsampled arrays, not the grid's block sums
+        p = np.clip(upsample_nearest(prob, *masks.shape[1:]).astype(np.float64), 1e-6, 1 - 1e-6)
+        return -np.where(masks, np.log(p), np.log1p(-p)).mean((1, 2))
+
+    for hook in ("good", "noise"):
+        row = rows[("ldm", hook, 0, "saliency")]
+        acts = read_activations(run, ProbeGroup("ldm", hook, 0), data.test)
+        n, h, w, c = acts.shape
+        positioned = load_probe(run, "ldm", "saliency", hook, 0, positioned=True)
+        assert positioned.weight.shape == (c + 35,)
+        reference = fit_probe(position_features(len(data.train), h, w), data.area_labels("saliency", h, w),
+                              "saliency", seed=data.seed).predict(position_features(n, h, w))
+        dev = 1 - cross_entropy(positioned.predict(with_position_features(acts))) / cross_entropy(reference)
+        est = bootstrap_ci(dev, n_boot=200, seed=data.seed)
+        assert row["dev_pos"] == pytest.approx(est.mean, rel=1e-4, abs=1e-6)
+        assert row["per_image_beyond"] == pytest.approx(dev.tolist(), rel=1e-4, abs=1e-6)
+        plain = load_probe(run, "ldm", "saliency", hook, 0).predict(acts)
+        tuned = dice_iou(upsample_nearest(plain, *masks.shape[1:]) > row["threshold"], masks)["dice_fg"]
+        assert row["per_image"] == pytest.approx(tuned.tolist(), abs=1e-9)  # the headline: dice_tuned per image
+    # the planted layer's object is not where position alone puts it; the noise layer adds nothing (or harms)
+    assert rows[("ldm", "good", 0, "saliency")]["dev_pos_lo"] > 0.3
+    assert rows[("ldm", "noise", 0, "saliency")]["dev_pos"] < 0.1
+    assert rows[("position", "-", -1, "saliency")]["dev_pos"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_layers_are_chosen_on_held_out_validation_images(run):
+    """`val_score` is the headline on the validation images of the probe's alpha search, predicted by the solution
+    fit without them: it matches a ridge fit on the other training images alone, and differs from `train_score`."""
+    import dataclasses
+
+    from probes.linear import fit_ridge, validation_split
+    from workflows.stages.grid_fit import fit_and_score
+
+    data = prepare_grid_data(run, n_boot=50)
+    acts = group_acts(run, data, "noise", 1)
+    val = validation_split(len(data.train), 0.2, data.seed)
+    assert np.array_equal(val, data.val)
+    probe = fit_ridge(acts.train, data.fit_labels("depth", *acts.train.shape[1:3]), seed=data.seed)
+    x = ((acts.train - probe.mean) / probe.scale).reshape(len(val), -1, acts.train.shape[-1])
+    y = data.fit_labels("depth", *acts.train.shape[1:3]).reshape(len(val), -1)
+    xf, yf = x[~val].reshape(-1, x.shape[-1]).astype(np.float64), y[~val].reshape(-1).astype(np.float64)
+    xc, yc = xf - xf.mean(0), yf - yf.mean()
+    w = np.linalg.solve(xc.T @ xc / len(xc) + probe.alpha * np.eye(x.shape[-1]), xc.T @ yc / len(xc))
+    assert probe.val_weight == pytest.approx(w, rel=1e-4, abs=1e-6)  # the FIT images' own ridge solution
+    row, _ = fit_and_score(acts, "depth", data)
+    assert np.isfinite(row["val_score"]) and row["val_score"] != pytest.approx(row["train_score"])
+    # the validation score sees neither the test labels nor, through the fit, the validation labels
+    flipped = dataclasses.replace(data, labels={**data.labels, "depth": (data.labels["depth"][0],
+                                                                         -data.labels["depth"][1])}, _memo={})
+    assert fit_and_score(group_acts(run, flipped, "noise", 1), "depth", flipped)[0]["val_score"] == pytest.approx(
+        row["val_score"])
+    rows = grid_rows(run)
+    assert all(np.isfinite(r["val_score"]) for r in rows.values())
+    from probes.selection import best_layer
+    assert best_layer(list(rows.values()), "saliency", "ldm", "dice_tuned") == "good"

@@ -60,7 +60,7 @@ def cmd_findings(args: argparse.Namespace) -> int:
     from workflows.stages.grid import read_metrics
 
     rows = read_metrics(args.run).to_pylist()
-    print(format_findings(rows, args.margin))
+    print(format_findings(rows, args.margin, args.metric))
     for path in write_finding_charts(rows, args.svg) if args.svg else []:
         print(f"wrote {path}", file=sys.stderr)
     return 0
@@ -166,6 +166,8 @@ def add_tool_commands(sub) -> None:
     findings.add_argument("run", help="a run's output location whose probe stage is done")
     findings.add_argument("--margin", type=float, default=0.15, help="the claim's margin over each control")
     findings.add_argument("--svg", default="", help="also write the curves as SVG-<target>.svg")
+    findings.add_argument("--metric", default=None,
+                          help="judge on this measure instead of the headline (dev_pos: saliency beyond position)")
     findings.set_defaults(func=cmd_findings)
 
 

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import TextIO
 
+from ldm.captions import check_text_encoder
 from workflows.config import STAGES, RunConfig
 from workflows.ray.generate import shard_runner
 from workflows.ray.interventions import animate_on_ray, unit_runner
@@ -30,13 +31,15 @@ from workflows.store import check_output, require_run
 
 def check_before_start(cfg: RunConfig, stages: tuple[str, ...], resume: bool) -> None:
     """Refuse what can be refused cheaply, before Ray starts: a generation's inputs (model, scheduler, dtype, output,
-    prompts), or a missing run for the later stages."""
+    prompts), a missing run for the later stages, a caption control for a model without a text encoder."""
     if "generate" in stages or "controls" in stages:
         check_inputs(cfg, in_ray_job=bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")))
         if "generate" in stages and not check_output(cfg, resume):
             check_prompts(cfg)  # a new run's prompts: a missing file or column is named now
     else:
         require_run(cfg, stages[0])
+    if "probe" in stages and "caption" in cfg.probes.controls:
+        check_text_encoder(cfg.model)
 
 
 def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = STAGES, *, resume: bool = False, use_ray: bool = True,

@@ -8,5 +8,9 @@ from ldm.hooks import EXTRAS
 STAGES = ("generate", "controls", "label", "probe", "intervene", "report")  # in the order a run chains them
 TARGETS = ("saliency", "depth")  # probe targets, label targets and intervention tasks
 METHODS = ("paper", "closed-form", "random")  # edit methods (workflows.stages.edits), in the order they run
+# probes.controls: model variants generated for comparison (`permuted`), and feature controls fit beside the grid
+# (`caption`; the position control is always fit: it is the reference of saliency beyond position)
+MODEL_CONTROLS = ("permuted",)
+FEATURE_CONTROLS = ("caption",)
 
-__all__ = ["EXTRAS", "METHODS", "STAGES", "TARGETS"]
+__all__ = ["EXTRAS", "FEATURE_CONTROLS", "METHODS", "MODEL_CONTROLS", "STAGES", "TARGETS"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from workflows.config.interventions import InterventionConfig
-from workflows.config.names import EXTRAS, STAGES, TARGETS
+from workflows.config.names import EXTRAS, FEATURE_CONTROLS, MODEL_CONTROLS, STAGES, TARGETS
 from workflows.config.schema import ConfigError, flatten, to_dict
 
 @dataclass
@@ -61,7 +61,9 @@ class ProbesConfig:
     mode: str = "ours"  # "ours" (regularised ridge/logistic, alpha on a validation split) or "paper" (Adam, 30 epochs)
     hooks: list[str] | None = None  # None: every recorded hook point and extra
     steps: list[int] | None = None  # None: every step
-    controls: list[str] = field(default_factory=lambda: ["permuted"])  # model variants generated for comparison
+    # model variants generated for comparison (permuted) and feature controls (caption: the caption's text embedding x
+    # position, `workflows.stages.grid_controls`); the position control is always fit
+    controls: list[str] = field(default_factory=lambda: ["permuted", "caption"])
     permute_seed: int = 1  # seed of the permuted-weights control
     seed: int = 0  # validation split, shuffled-label control and bootstrap
     bootstrap: int = 1000  # bootstrap resamples for the 95% intervals
@@ -118,7 +120,7 @@ _CHOICES = {
     "extras": EXTRAS,
     "probes.targets": TARGETS,
     "probes.mode": ("ours", "paper"),
-    "probes.controls": ("permuted",),
+    "probes.controls": MODEL_CONTROLS + FEATURE_CONTROLS,
     "stages": STAGES,
 }
 

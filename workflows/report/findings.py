@@ -1,13 +1,22 @@
-"""The probe grid's headline comparison: the LDM's best layer against the controls, step by step.
+"""The probe grid's headline comparison: the LDM's best layer against every control, step by step.
 
-    sceneprobe findings runs/toy            (a run whose probe stage is done; prints a Markdown table)
+    sceneprobe findings runs/toy                    (a run whose probe stage is done; prints a Markdown table)
+    sceneprobe findings runs/toy --metric dev_pos   (judge saliency beyond position instead of its headline)
 
-Per target (saliency: Dice; depth: R2 beyond position), the LDM layer is chosen on the *training* split
-(`train_score` in probes/metrics.parquet, averaged over steps) and never on the test split; the permuted-weights
-control gets its own best layer by the same rule, and the noisy latent x_t is the `latent` extra. For every step the
-table gives the test metric with its 95% interval and the LDM's margin over each control. The claim checked
-(issue #5): from step `from_step` on the margin over the permuted control is at least `margin`, and in steps
-`xt_steps` the margin over x_t is too.
+Per target the metric is the headline (`grid_scores.HEADLINE`: saliency Dice at a threshold chosen on training
+images, depth R2 beyond position) or, with `--metric`, another measure that has per-image values (`MEASURES`). The
+LDM layer is chosen on held-out training images (`val_score`, averaged over steps: `probes.selection`), never on the
+test split; the permuted-weights control gets its own best layer by the same rule, x_t is the `latent` extra, and the
+position and caption controls are one probe each (step -1), the same at every step. For every step the table gives
+the test metric with its 95% interval and the LDM's margin over each control, paired over the same test images, and
+the LDM's own beyond-position value (what it adds to the layout prior, 0 for position alone).
+
+Judged on the paired interval's lower bound:
+* the paper's claims (issue #5): from step `from_step` on the margin over the permuted control is at least `margin`,
+  and in steps `xt_steps` the margin over x_t is too;
+* where the image carries more than its text and its layout prior: the first step from which every margin over the
+  caption control is above 0, and the first from which the LDM's beyond-position value is above 0. Step 0 (pure
+  noise input, where any score comes from the caption and position) is reported on its own.
 """
 
 from __future__ import annotations
@@ -17,13 +26,21 @@ from pathlib import Path
 
 import numpy as np
 
+from ldm.errors import UserError
 from probes.metrics import bootstrap_ci
 from probes.selection import best_layer
 from workflows.config import EXTRAS
 from workflows.report.figures import PALETTE, Series, line_chart_svg
+from workflows.stages.grid_scores import BEYOND_POSITION, HEADLINE as HEADLINE_KEYS, METRIC_NAMES
 
-HEADLINE = {"saliency": ("dice", "Dice"), "depth": ("r2_pos", "R2 beyond position")}
+LABELS = {"dice_tuned": "Dice (threshold chosen on training images)", "dev_pos": "cross-entropy beyond position",
+          "r2_pos": "R2 beyond position"}
+HEADLINE = {t: (METRIC_NAMES[k], LABELS[METRIC_NAMES[k]]) for t, k in HEADLINE_KEYS.items()}
+# the measures with per-image values, so their margins can be paired: metric column -> per-image column
+MEASURES = {t: {METRIC_NAMES[HEADLINE_KEYS[t]]: "per_image", METRIC_NAMES[BEYOND_POSITION[t]]: "per_image_beyond"}
+            for t in HEADLINE_KEYS}
 LATENT = "latent"
+CONTROLS = ("permuted", "latent", "caption", "position")  # what the LDM's margins are taken over
 CONSTANT = "constant prediction"  # shown instead of the metric of a row whose predictions are constant
 
 
@@ -37,19 +54,28 @@ def is_constant_row(row: dict | None) -> bool:
     return bool(row and row.get("constant_prediction"))
 
 
+def check_metric(target: str, metric: str | None) -> str:
+    """`metric` if the findings can pair it for `target` (None: the headline); a UserError listing them otherwise."""
+    if metric is None:
+        return HEADLINE[target][0]
+    if metric in MEASURES[target]:
+        return metric
+    known = "; ".join(f"{t}: {', '.join(m)}" for t, m in MEASURES.items())
+    raise UserError(f"unknown metric {metric!r} for the findings; they pair per-image values of {known}")
+
+
 def select_hook(rows: list[dict], target: str, variant: str) -> str | None:
-    """The U-Net layer of `variant` with the best mean training-split score over steps (extras excluded), among
-    layers with a headline metric."""
+    """The U-Net layer of `variant` with the best mean validation score over steps (extras excluded), among layers
+    with a headline metric."""
     return best_layer(rows, target, variant, HEADLINE[target][0], exclude=EXTRAS)
 
 
 @dataclass
 class StepComparison:
     step: int
-    ldm: tuple[float, float, float]  # (mean, lo, hi) on the test split
-    permuted: tuple[float, float, float]
-    latent: tuple[float, float, float]
-    constant: frozenset[str] = frozenset()  # of "ldm", "permuted", "latent": rows whose predictions were constant
+    values: dict[str, tuple[float, float, float]]  # "ldm" and each control -> (mean, lo, hi) on the test split
+    beyond: tuple[float, float, float]  # the LDM's beyond-position value (mean, lo, hi)
+    constant: frozenset[str] = frozenset()  # of "ldm" and the controls: rows whose predictions were constant
     # control -> (mean, lo, hi) of the LDM's margin, paired over the same test images (`paired_margin`)
     margins: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
@@ -62,36 +88,42 @@ class StepComparison:
         construction, `CONSTANT` instead of the mean and a blank interval."""
         if name in self.constant:
             return CONSTANT if i == 0 else ""
-        return getattr(self, name)[i]
+        return self.values.get(name, (np.nan,) * 3)[i]
 
 
-def paired_margin(ldm: dict | None, control: dict | None, n_boot: int = 2000,
+def paired_margin(ldm: dict | None, control: dict | None, per_image: str = "per_image", n_boot: int = 2000,
                   seed: int = 0) -> tuple[float, float, float]:
-    """(mean, lo, hi) of the per-image difference ldm - control of the headline metric (`per_image`), with a 95%
-    bootstrap interval that resamples the same test images for both: paired, so the images both probes find hard do
-    not widen it. NaN where either row or its per-image values are missing."""
-    a, b = (None if r is None else r.get("per_image") for r in (ldm, control))
+    """(mean, lo, hi) of the per-image difference ldm - control of a measure (`per_image` names its column), with a
+    95% bootstrap interval that resamples the same test images for both: paired, so the images both probes find hard
+    do not widen it. NaN where either row or its per-image values are missing."""
+    a, b = (None if r is None else r.get(per_image) for r in (ldm, control))
     if a is None or b is None or len(a) != len(b):
         return (np.nan,) * 3
     est = bootstrap_ci(np.asarray(a, np.float64) - np.asarray(b, np.float64), n_boot=n_boot, seed=seed)
     return est.mean, est.lo, est.hi
 
 
-def compare(rows: list[dict], target: str) -> tuple[dict[str, str | None], list[StepComparison]]:
-    """The chosen layers and, per step, the LDM's, the permuted control's and x_t's test metric, and the LDM's paired
-    margins over the two controls."""
-    metric = HEADLINE[target][0]
+def compare(rows: list[dict], target: str, metric: str | None = None) -> tuple[dict[str, str | None],
+                                                                              list[StepComparison]]:
+    """The chosen layers and, per step, the test metric of the LDM and of each control (the feature controls' one
+    row at every step), the LDM's paired margins over them and its beyond-position value."""
+    metric = check_metric(target, metric)
+    per_image = MEASURES[target][metric]
+    beyond = METRIC_NAMES[BEYOND_POSITION[target]]
     hooks = {"ldm": select_hook(rows, target, "ldm"), "permuted": select_hook(rows, target, "permuted"),
-             "latent": LATENT}
+             "latent": LATENT, "caption": "-", "position": "-"}
     index = {(r["variant"], r["hook"], r["step"]): r for r in rows if r["target"] == target}
     steps = sorted({r["step"] for r in rows if r["target"] == target and r["step"] >= 0})
     out = []
     for step in steps:
-        get = {name: index.get(("ldm" if name == "latent" else name, hook, step)) for name, hook in hooks.items()}
-        triple = {name: tuple(_value(r, metric + s) for s in ("", "_lo", "_hi")) for name, r in get.items()}
+        get = {name: index.get(("ldm" if name == LATENT else name, hook, -1 if hook == "-" else step))
+               for name, hook in hooks.items()}
+        triple = {name: tuple(_value(r, metric + s) for s in ("", "_lo", "_hi")) for name, r in get.items()
+                  if r is not None}
         constant = frozenset(name for name, r in get.items() if is_constant_row(r))
-        margins = {c: paired_margin(get["ldm"], get[c]) for c in ("permuted", "latent")}
-        out.append(StepComparison(step, triple["ldm"], triple["permuted"], triple["latent"], constant, margins))
+        margins = {c: paired_margin(get["ldm"], get[c], per_image) for c in CONTROLS}
+        out.append(StepComparison(step, triple, tuple(_value(get["ldm"], beyond + s) for s in ("", "_lo", "_hi")),
+                                  constant, margins))
     return hooks, out
 
 
@@ -111,37 +143,77 @@ def check_claim(table: list[StepComparison], margin: float = 0.15, from_step: in
             "vs_latent": holds("latent", [t for t in table if xt_steps[0] <= t.step <= xt_steps[1]])}
 
 
+def first_step_above(table: list[StepComparison], lower_bound) -> int | None:
+    """The first step from which `lower_bound(t)` is above 0 at every later step too; None if there is none."""
+    since = None
+    for t in table:
+        since = (t.step if since is None else since) if lower_bound(t) > 0 else None
+    return since
+
+
+def beyond_text_and_layout(table: list[StepComparison]) -> dict[str, int | None]:
+    """The first step from which the LDM beats the caption control (paired lower bound > 0; None also when the
+    caption control was not fit or predicts a constant), and from which its beyond-position value is above 0."""
+    caption = (None if not table or all(np.isnan(t.margin("caption")) for t in table)
+               or any("caption" in t.constant for t in table)
+               else first_step_above(table, lambda t: t.margin("caption", 1)))
+    return {"caption": caption, "position": first_step_above(table, lambda t: t.beyond[1])}
+
+
 def verdict(value: bool | None) -> str:
     return "not testable (the control predicts a constant)" if value is None else "yes" if value else "no"
 
 
-def format_findings(rows: list[dict], margin: float = 0.15) -> str:
-    """Markdown: per target, the chosen layers, a row per step, and whether the claim holds."""
+def step_text(step: int | None) -> str:
+    return "at no step" if step is None else f"from step {step} on"
 
-    def fmt(t: StepComparison, name: str) -> str:
-        v = getattr(t, name)
-        if name in t.constant:
-            return CONSTANT
-        return "n/a" if not np.isfinite(v[0]) else f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]"
 
+def _fmt(t: StepComparison, name: str) -> str:
+    if name in t.constant:
+        return CONSTANT
+    v = t.values.get(name, (np.nan,) * 3)
+    return "n/a" if not np.isfinite(v[0]) else f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]"
+
+
+def step_zero_text(table: list[StepComparison]) -> str:
+    """What step 0, whose input is pure noise, shows: any score there comes from the caption and position."""
+    t0 = next((t for t in table if t.step == 0), None)
+    if t0 is None:
+        return ""
+    return (f"At step 0 (the input is pure noise: what the LDM reads there comes from the caption and the layout "
+            f"prior) the LDM scores {_fmt(t0, 'ldm')}, the caption control {_fmt(t0, 'caption')}, position alone "
+            f"{_fmt(t0, 'position')}; LDM - caption {margin_text(t0, 'caption')}.")
+
+
+def format_findings(rows: list[dict], margin: float = 0.15, metric: str | None = None) -> str:
+    """Markdown: per target, the chosen layers, a row per step, the claims and where the image beats its text and
+    layout prior. `metric`: judge the targets that have it on it instead of their headline."""
+    if metric is not None and not any(metric in m for m in MEASURES.values()):
+        check_metric(next(iter(MEASURES)), metric)  # names the known ones
     parts = []
-    for target, (metric, label) in HEADLINE.items():
+    for target in HEADLINE:
         if not any(r["target"] == target for r in rows):
             continue
-        hooks, table = compare(rows, target)
-        claim = check_claim(table, margin)
-        parts.append(f"### {target}: {label} (test split, 95% intervals over images)\n\n"
-                     f"Layers chosen on the training split: LDM `{hooks['ldm']}`, permuted control "
-                     f"`{hooks['permuted']}`; x_t is the noisy latent.\n\n"
-                     "| step | LDM | permuted | x_t | LDM - permuted (paired) | LDM - x_t (paired) |\n"
-                     "|---|---|---|---|---|---|")
+        name = metric if metric in MEASURES[target] else None
+        shown = check_metric(target, name)
+        hooks, table = compare(rows, target, shown)
+        claim, beyond = check_claim(table, margin), beyond_text_and_layout(table)
+        parts.append(f"### {target}: {LABELS[shown]} (test split, 95% intervals over images)\n\n"
+                     f"Layers chosen on held-out training images: LDM `{hooks['ldm']}`, permuted control "
+                     f"`{hooks['permuted']}`; x_t is the noisy latent; caption and position are the feature controls."
+                     f"\n\n| step | LDM | permuted | x_t | caption | position | LDM - permuted | LDM - x_t | "
+                     f"LDM - caption | LDM {LABELS[METRIC_NAMES[BEYOND_POSITION[target]]]} |\n"
+                     "|---|---|---|---|---|---|---|---|---|---|")
         for t in table:
-            parts.append(f"| {t.step} | {fmt(t, 'ldm')} | {fmt(t, 'permuted')} | {fmt(t, 'latent')} | "
-                         f"{margin_text(t, 'permuted')} | {margin_text(t, 'latent')} |")
+            b = "n/a" if not np.isfinite(t.beyond[0]) else f"{t.beyond[0]:+.2f} [{t.beyond[1]:+.2f}, {t.beyond[2]:+.2f}]"
+            parts.append(f"| {t.step} | {_fmt(t, 'ldm')} | {_fmt(t, 'permuted')} | {_fmt(t, 'latent')} | "
+                         f"{_fmt(t, 'caption')} | {_fmt(t, 'position')} | {margin_text(t, 'permuted')} | "
+                         f"{margin_text(t, 'latent')} | {margin_text(t, 'caption')} | {b} |")
         parts.append(f"\nClaim (the paired interval's lower bound at least {margin}): beats the permuted control "
-                     "from step 3 on: "
-                     f"**{verdict(claim['vs_permuted'])}**; beats x_t in steps 2-7: "
-                     f"**{verdict(claim['vs_latent'])}**.\n")
+                     f"from step 3 on: **{verdict(claim['vs_permuted'])}**; beats x_t in steps 2-7: "
+                     f"**{verdict(claim['vs_latent'])}**. More than the caption control (lower bound above 0): "
+                     f"**{step_text(beyond['caption'])}**; beyond position (lower bound above 0): "
+                     f"**{step_text(beyond['position'])}**. {step_zero_text(table)}\n")
     return "\n".join(parts)
 
 
@@ -153,8 +225,8 @@ def margin_text(t: StepComparison, control: str) -> str:
 
 def curve_series(rows: list[dict], target: str, metric: str, hooks: dict[str, str | None]) -> list[Series]:
     """Per-step `metric` with its interval for the LDM and the shuffled-label control at `hooks["ldm"]`, the permuted
-    control at `hooks["permuted"]`, x_t, and the position-only baseline (dashed): the "when does the scene appear"
-    chart (`figures.line_chart_svg`)."""
+    control at `hooks["permuted"]`, x_t, and the caption and position controls (dashed, one value each): the "when
+    does the scene appear" chart (`figures.line_chart_svg`)."""
     lines = [("LDM", "ldm", hooks["ldm"]), ("shuffled", "shuffled", hooks["ldm"]),
              ("permuted", "permuted", hooks.get("permuted")), ("x_t", "ldm", LATENT)]
     series = []
@@ -166,11 +238,11 @@ def curve_series(rows: list[dict], target: str, metric: str, hooks: dict[str, st
                                                                             f"{metric}_hi")}
             series.append(Series(f"{name} ({at})", get["step"], get[metric], get[f"{metric}_lo"],
                                  get[f"{metric}_hi"], PALETTE[k]))
-    position = [r for r in rows if r["target"] == target and r["variant"] == "position"]
-    if position and series and np.isfinite(_value(position[0], metric)):
-        steps = series[0].x
-        series.append(Series("position", steps, np.full(len(steps), _value(position[0], metric)), color="#7f7f7f",
-                             dashed=True))
+    for name, colour in (("caption", "#8c564b"), ("position", "#7f7f7f")):
+        row = next((r for r in rows if r["target"] == target and r["variant"] == name), None)
+        if row is not None and series and np.isfinite(_value(row, metric)) and not is_constant_row(row):
+            steps = series[0].x
+            series.append(Series(name, steps, np.full(len(steps), _value(row, metric)), color=colour, dashed=True))
     return series
 
 

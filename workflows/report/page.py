@@ -21,8 +21,9 @@ from ldm.errors import UserError
 from probes.resample import upsample_nearest
 from probes.selection import best_probe
 from probes.targets import make_targets
-from workflows.report.findings import (CONSTANT, HEADLINE, check_claim, compare, curve_series, is_constant_row,
-                                       margin_text, select_hook, verdict)
+from workflows.report.findings import (CONSTANT, HEADLINE, beyond_text_and_layout, check_claim, compare,
+                                       curve_series, is_constant_row, margin_text, select_hook, step_text,
+                                       step_zero_text, verdict)
 from workflows.report.figures import Series, depth_image, heatmap_svg, line_chart_svg, mask_image, png_bytes
 from workflows.stages.grid import load_probe
 from workflows.stages.grid_data import prepare_grid_data
@@ -142,11 +143,13 @@ def probe_heatmaps(page: Page, rows: list[dict] | None) -> None:
             if hooks:
                 title = f"{target} {label}: {VARIANT_NAMES[variant]} ({mode})"
                 figures.append(heatmap_svg(values, hooks, steps, title=title, vmin=lo, vmax=hi, better=better))
-        position = next((r for r in rows if r["target"] == target and r["variant"] == "position"), None)
         note = ""
-        if position is not None:
-            value = CONSTANT if is_constant_row(position) else fmt(position.get(metric))
-            note = f" Position-only baseline (mean training label map): {label} {value}."
+        for name, what in (("position", "a probe on the position basis"),
+                           ("caption", "a probe on the caption's text embedding x position")):
+            row = next((r for r in rows if r["target"] == target and r["variant"] == name), None)
+            if row is not None:
+                value = CONSTANT if is_constant_row(row) else fmt(row.get(metric))
+                note += f" {name.capitalize()} control ({what}): {label} {value}."
         page.parts.append(f'<h3>{target}</h3><p>Test-split {label} of each probe; brighter is better, one colour scale '
                           f"for all variants.{html.escape(note)}</p><div class='row'>{''.join(figures)}</div>")
 
@@ -324,24 +327,31 @@ def finding(page: Page, rows: list[dict] | None) -> None:
     if not rows:
         return
     page.parts.append("<h2>Finding: the LDM against its controls</h2><p>Per step, the test metric at the layer chosen "
-                      "on the training split (never the test split), and the LDM's margin over the permuted-weights "
-                      "control (at its own best layer) and the noisy latent x_t. <code>sceneprobe findings "
-                      "RUN</code> prints the same as Markdown.</p>")
+                      "on held-out training images (never the test split), and the LDM's margin over the "
+                      "permuted-weights control (at its own best layer), the noisy latent x_t, and the caption and "
+                      "position controls (probes on what the text and the layout prior alone predict), paired over "
+                      "the same test images; <i>beyond position</i>: what the LDM's features add to position alone "
+                      "(0 for position itself). <code>sceneprobe findings RUN</code> prints the same as Markdown.</p>")
     for target, (metric, label) in HEADLINE.items():
         hooks, table = compare(rows, target)
         if hooks["ldm"] is None:
             continue
-        claim = check_claim(table)
-        cells = [{"step": t.step, "LDM": t.shown("ldm"), "lo": t.shown("ldm", 1), "hi": t.shown("ldm", 2),
-                  "permuted": t.shown("permuted"), "x_t": t.shown("latent"),
-                  "LDM - permuted": margin_text(t, "permuted"), "LDM - x_t": margin_text(t, "latent")} for t in table]
+        claim, beyond = check_claim(table), beyond_text_and_layout(table)
+        columns = ["step", "LDM", "lo", "hi", "permuted", "x_t", "caption", "position", "LDM - permuted", "LDM - x_t",
+                   "LDM - caption", "beyond position"]
+        cells = [dict(zip(columns, (t.step, t.shown("ldm"), t.shown("ldm", 1), t.shown("ldm", 2), t.shown("permuted"),
+                                    t.shown("latent"), t.shown("caption"), t.shown("position"),
+                                    margin_text(t, "permuted"), margin_text(t, "latent"), margin_text(t, "caption"),
+                                    "n/a" if not np.isfinite(t.beyond[0]) else
+                                    f"{t.beyond[0]:+.2f} [{t.beyond[1]:+.2f}, {t.beyond[2]:+.2f}]"))) for t in table]
         page.parts.append(
             f"<h3>{target}: {html.escape(label)}</h3><p>LDM layer <code>{hooks['ldm']}</code>, permuted "
             f"<code>{hooks['permuted']}</code>. Margins are paired over the same test images (95% intervals); the claim "
             "asks the interval's lower bound to be at least 0.15. Over the permuted control from step 3 on: "
             f"<b>{verdict(claim['vs_permuted'])}</b>; over x_t in steps 2-7: "
-            f"<b>{verdict(claim['vs_latent'])}</b>.</p>"
-            + html_table(cells, ["step", "LDM", "lo", "hi", "permuted", "x_t", "LDM - permuted", "LDM - x_t"]))
+            f"<b>{verdict(claim['vs_latent'])}</b>. More than the caption control (lower bound above 0): "
+            f"<b>{step_text(beyond['caption'])}</b>; beyond position: <b>{step_text(beyond['position'])}</b>. "
+            f"{html.escape(step_zero_text(table))}</p>" + html_table(cells, columns))
 
 
 def tables(page: Page, rows: list[dict] | None) -> None:
@@ -351,20 +361,21 @@ def tables(page: Page, rows: list[dict] | None) -> None:
         return
     best = []
     for target, (metric, _, _) in PRIMARY.items():
-        for variant in (*VARIANTS, "position"):
-            # chosen on the training split (`train_score`), never on the test metric; the position baseline is one row
-            r = best_probe(rows, target, variant, metric) if variant != "position" else next(
-                (r for r in rows if r["target"] == target and r["variant"] == "position"), None)
+        for variant in (*VARIANTS, "caption", "position"):
+            # chosen on held-out training images (`val_score`), never on the test metric; a feature control is one row
+            r = best_probe(rows, target, variant, metric) if variant not in ("caption", "position") else next(
+                (r for r in rows if r["target"] == target and r["variant"] == variant), None)
             if r is not None:
                 constant = is_constant_row(r)  # a constant's metric holds by construction: say so, not the number
                 best.append({"target": target, "variant": variant, "hook": r["hook"], "step": r["step"],
                              "metric": metric, "value": CONSTANT if constant else r[metric],
                              "lo": "" if constant else r[f"{metric}_lo"], "hi": "" if constant else r[f"{metric}_hi"],
                              "n_test": r.get("n_test")})
-    page.parts.append("<p>Best probe per target and variant: the (layer, step) with the best score on the training "
-                      "images (<code>train_score</code>), reported on the test split, so the test value is not "
+    page.parts.append("<p>Best probe per target and variant: the (layer, step) with the best score on held-out "
+                      "training images (<code>val_score</code>), reported on the test split, so the test value is not "
                       "inflated by the choice; <i>constant prediction</i>: the probe's test predictions were constant "
-                      "(for saliency, all on one side of 0.5), so its metric is fixed by construction. Every probe: "
+                      "(for saliency, all on one side of its threshold), so its metric is fixed by construction. "
+                      "Every probe: "
                       "<code>probes/metrics.parquet</code>; every edit: "
                       "<code>interventions/metrics.parquet</code>.</p>")
     page.parts.append(html_table(best, ["target", "variant", "hook", "step", "metric", "value", "lo", "hi",

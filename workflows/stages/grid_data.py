@@ -1,6 +1,11 @@
 """The probe grid's data: the usable images split into train and test, their labels prepared once (saliency masks
 in {0, 1}, depth standardised with the training split), and what every fit on one activation slice shares.
 Test images never shape a fit.
+
+Splits are numbered: TRAIN (0) and TEST (1) images, and within the training images VAL (2), the validation images
+every probe's alpha search holds out (`probes.linear.validation_split`, same fraction and seed), and FIT (3), the
+rest. A probe's held-out solution (`LinearProbe.val_weight`) is fit on FIT only, so its score on VAL chooses layers
+without the images they were fit on and without the test images.
 """
 
 from __future__ import annotations
@@ -15,12 +20,19 @@ from ldm.errors import UserError
 from probes.baselines import position_map, with_position
 from probes.chunks import StandardisedBlocks
 from probes.blocks import BlockTruth, block_truth
+from probes.fit import fit_probe
+from probes.linear import validation_split
 from probes.metrics import DepthScaler, depth_truth_ranks
+from probes.positional import position_features, with_position_features
 from probes.resample import downsample_area
 from workflows.config import TARGETS
 from workflows.stages.labels import labelled_shards, read_labels
 from workflows.store import complete_images, load_plan, load_run_config
 from workflows.store.paths import variant_output
+
+
+TRAIN, TEST, VAL, FIT = 0, 1, 2, 3  # splits (the module docstring)
+VAL_FRACTION = 0.2  # the probes' own (`validation_split`'s default)
 
 
 @dataclass
@@ -45,19 +57,43 @@ class GridData:
             self._memo[key] = make()
         return self._memo[key]
 
+    @property
+    def val(self) -> np.ndarray:
+        """Boolean `(train image,)`: the validation images of every probe's alpha search."""
+        return self._once(("val",), lambda: validation_split(len(self.train), VAL_FRACTION, self.seed))
+
+    def split_labels(self, target: str, split: int) -> np.ndarray:
+        """Labels `(image, H, W)` of TRAIN, TEST, VAL or FIT."""
+        if split in (TRAIN, TEST):
+            return self.labels[target][split]
+        return self._once(("split", target, split),
+                          lambda: self.labels[target][TRAIN][self.val if split == VAL else ~self.val])
+
     def depth_ranks(self, h: int, w: int) -> dict[str, np.ndarray]:
         """Test depth's ranks for Spearman at a layer shape (`metrics.depth_truth_ranks`), computed once per shape."""
         return self._once(("ranks", h, w), lambda: depth_truth_ranks(self.labels["depth"][1], h, w))
 
-    def area_labels(self, target: str, h: int, w: int, split: int = 0) -> np.ndarray:
-        """Training (split 0) or test (1) labels area-averaged to a layer's (h, w), once per shape."""
-        return self._once(("area", target, split, h, w), lambda: downsample_area(self.labels[target][split], h, w))
+    def area_labels(self, target: str, h: int, w: int, split: int = TRAIN) -> np.ndarray:
+        """A split's labels area-averaged to a layer's (h, w), once per shape."""
+        return self._once(("area", target, split, h, w),
+                          lambda: downsample_area(self.split_labels(target, split), h, w))
 
     def block_truth(self, target: str, h: int, w: int, split: int) -> BlockTruth:
         """The labels' block sums for image-resolution scores of (h, w) predictions (`metrics.block_truth`)."""
         mean_map = self.mean_maps["depth"] if target == "depth" else None
         return self._once(("blocks", target, split, h, w),
-                          lambda: block_truth(self.labels[target][split], h, w, mean_map))
+                          lambda: block_truth(self.split_labels(target, split), h, w, mean_map))
+
+    def position_reference(self, h: int, w: int) -> np.ndarray:
+        """Test foreground probabilities `(image, h, w)` of the saliency probe on the position basis alone
+        (`probes.positional`), fit at (h, w) like every probe: the reference of saliency beyond position."""
+
+        def fit() -> np.ndarray:
+            probe = fit_probe(position_features(len(self.train), h, w), self.fit_labels("saliency", h, w), "saliency",
+                              mode=self.mode, seed=self.seed)
+            return probe.predict(position_features(len(self.test), h, w))
+
+        return self._once(("position_reference", h, w), fit)
 
     def mean_map_at(self, target: str, h: int, w: int) -> np.ndarray:
         """The training mean label map area-averaged to (h, w)."""
@@ -71,28 +107,35 @@ class GridData:
 
 class GroupActs:
     """One group's training and test activations `(image, h, w, c)`, and what the probes fit on them share, built
-    on first use: the standardised blocks of our probes (four fits read the same activations, two more the
-    position-augmented ones) and the activations with the mean depth map appended (`baselines.with_position`)."""
+    on first use: the standardised blocks of our probes (several fits read the same activations) and the positioned
+    activations, which get position for free: for depth the mean depth map appended (`baselines.with_position`), for
+    saliency the position basis (`positional.with_position_features`).
 
-    def __init__(self, train: np.ndarray, test: np.ndarray, data: GridData):
-        self.train, self.test, self.data = train, test, data
-        self._blocks: dict[bool, StandardisedBlocks] = {}
-        self._positioned: tuple[np.ndarray, np.ndarray] | None = None
+    has_position: the features already carry the position basis (the position and caption controls), so a probe on
+    them is its own positioned probe."""
 
-    def positioned(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._positioned is None:
+    def __init__(self, train: np.ndarray, test: np.ndarray, data: GridData, has_position: bool = False):
+        self.train, self.test, self.data, self.has_position = train, test, data, has_position
+        self._blocks: dict[str, StandardisedBlocks] = {}
+        self._positioned: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def positioned(self, target: str) -> tuple[np.ndarray, np.ndarray]:
+        """(train, test) activations with position appended as `target`'s positioned probe takes it."""
+        if target not in self._positioned:
             m = self.data.mean_maps["depth"]
-            self._positioned = (with_position(self.train, m), with_position(self.test, m))
-        return self._positioned
+            add = (lambda a: with_position(a, m)) if target == "depth" else with_position_features
+            self._positioned[target] = (add(self.train), add(self.test))
+        return self._positioned[target]
 
-    def fit_kwargs(self, positioned: bool = False) -> dict[str, Any]:
-        """Keyword arguments for `fit_probe` on the training activations (or their positioned version)."""
+    def fit_kwargs(self, positioned: str | None = None) -> dict[str, Any]:
+        """Keyword arguments for `fit_probe` on the training activations (or `positioned(target)`'s)."""
         if self.data.mode != "ours":
             return {}
-        if positioned not in self._blocks:
-            acts = self.positioned()[0] if positioned else self.train
-            self._blocks[positioned] = StandardisedBlocks.with_stats(acts)
-        return {"blocks": self._blocks[positioned]}
+        key = positioned or ""
+        if key not in self._blocks:
+            acts = self.positioned(positioned)[0] if positioned else self.train
+            self._blocks[key] = StandardisedBlocks.with_stats(acts)
+        return {"blocks": self._blocks[key]}
 
 
 def usable_images(output: str, targets: tuple[str, ...], variants: tuple[str, ...]) -> np.ndarray:

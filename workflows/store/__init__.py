@@ -13,7 +13,8 @@ docs/store.md):
     shards/<shard>.failed.json  written when a shard failed all its attempts; removed when it later completes
     label_records/<target>/<shard>.json      a label shard's completion record
     probes/rows/<variant>/<hook>/<step>.json a probe group's completion record (its metric rows)
-    probes/weights/...        the fitted probes (safetensors); probes/metrics.parquet the grid's table
+    probes/weights/...        the fitted probes (safetensors; controls.safetensors the feature controls'); probes/
+                              metrics.parquet the grid's table; probes/captions.safetensors the caption embeddings
     interventions/records/... an intervention unit's completion record; config.json, metrics.parquet,
                               summary.parquet, calibration.parquet/.json, moving_object.gif beside them
     variants/<name>/          a control model's run (the permuted-weights U-Net), laid out like this one

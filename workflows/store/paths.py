@@ -15,6 +15,7 @@ PROBE_ROWS = "probes/rows"  # probes/rows/<variant>/<hook>/<step>.json: a probe 
 INTERVENTION_RECORDS = "interventions/records"  # interventions/records/<unit key>.json
 
 PROBE_METRICS = "probes/metrics.parquet"
+CAPTION_EMBEDDINGS = "probes/captions.safetensors"  # image (image,) int64, embedding (image, d): the caption control's
 INTERVENTIONS = "interventions"  # the intervention stage's folder
 INTERVENTION_CONFIG = f"{INTERVENTIONS}/config.json"
 INTERVENTION_METRICS = f"{INTERVENTIONS}/metrics.parquet"
