@@ -36,6 +36,7 @@ from workflows.stages.grid_scores import BEYOND_POSITION, HEADLINE as HEADLINE_K
 LABELS = {"dice_tuned": "Dice (threshold chosen on training images)", "dev_pos": "cross-entropy beyond position",
           "r2_pos": "R2 beyond position"}
 HEADLINE = {t: (METRIC_NAMES[k], LABELS[METRIC_NAMES[k]]) for t, k in HEADLINE_KEYS.items()}
+BEYOND = {t: (METRIC_NAMES[k], LABELS[METRIC_NAMES[k]]) for t, k in BEYOND_POSITION.items()}
 # the measures with per-image values, so their margins can be paired: metric column -> per-image column
 MEASURES = {t: {METRIC_NAMES[HEADLINE_KEYS[t]]: "per_image", METRIC_NAMES[BEYOND_POSITION[t]]: "per_image_beyond"}
             for t in HEADLINE_KEYS}

@@ -21,7 +21,7 @@ from ldm.errors import UserError
 from probes.resample import upsample_nearest
 from probes.selection import best_probe
 from probes.targets import make_targets
-from workflows.report.findings import (CONSTANT, HEADLINE, beyond_text_and_layout, check_claim, compare,
+from workflows.report.findings import (BEYOND, CONSTANT, HEADLINE, beyond_text_and_layout, check_claim, compare,
                                        curve_series, is_constant_row, margin_text, select_hook, step_text,
                                        step_zero_text, verdict)
 from workflows.report.figures import Series, depth_image, heatmap_svg, line_chart_svg, mask_image, png_bytes
@@ -127,6 +127,18 @@ def grid_of(rows: list[dict], target: str, variant: str, metric: str) -> tuple[n
     return values, hooks, steps, (sel[0]["mode"] if sel else "")
 
 
+def heatmaps(rows: list[dict], target: str, metric: str, label: str, better: str) -> list[str]:
+    """One (hook x step) heatmap of `metric` per variant that has any value of it, on one shared colour scale."""
+    grids = {v: grid_of(rows, target, v, metric) for v in VARIANTS}
+    finite = np.concatenate([g[0][np.isfinite(g[0])] for g in grids.values()])
+    if not finite.size:
+        return []
+    lo, hi = float(finite.min()), float(finite.max())
+    return [heatmap_svg(values, hooks, steps, title=f"{target} {label}: {VARIANT_NAMES[variant]} ({mode})",
+                        vmin=lo, vmax=hi, better=better)
+            for variant, (values, hooks, steps, mode) in grids.items() if hooks]
+
+
 def probe_heatmaps(page: Page, rows: list[dict] | None) -> None:
     page.parts.append("<h2>Probe accuracy by layer and step</h2>")
     if not rows:
@@ -135,14 +147,10 @@ def probe_heatmaps(page: Page, rows: list[dict] | None) -> None:
     for target, (metric, better, label) in PRIMARY.items():
         if not any(r["target"] == target for r in rows):
             continue
-        figures = []
-        grids = {v: grid_of(rows, target, v, metric) for v in VARIANTS}
-        finite = np.concatenate([g[0][np.isfinite(g[0])] for g in grids.values()])
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        for variant, (values, hooks, steps, mode) in grids.items():
-            if hooks:
-                title = f"{target} {label}: {VARIANT_NAMES[variant]} ({mode})"
-                figures.append(heatmap_svg(values, hooks, steps, title=title, vmin=lo, vmax=hi, better=better))
+        figures = heatmaps(rows, target, metric, label, better)
+        beyond, beyond_label = BEYOND[target]
+        if beyond != metric:  # saliency: also what each probe adds to the layout prior (0 for position alone)
+            figures += heatmaps(rows, target, beyond, beyond_label, better)
         note = ""
         for name, what in (("position", "a probe on the position basis"),
                            ("caption", "a probe on the caption's text embedding x position")):
