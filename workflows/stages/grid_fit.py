@@ -70,19 +70,21 @@ def fit_and_score(acts: GroupActs, target: str, data: GridData,
             pos_probe = probes[POSITIONED[target]] = fit(pos_x[0], y, positioned=target)
         # 2. predictions `(image, h, w)`: training and test, and held out for the validation score
         pred = {split: probes[target].predict(x) for split, x in ((TRAIN, acts.train), (TEST, acts.test))}
-        positioned = {TRAIN: None, TEST: pred[TEST] if not depth else None, VAL: None}
+        positioned = dict.fromkeys((TRAIN, TEST, VAL))
         if pos_probe is not None:
-            positioned = {TRAIN: offset + pos_probe.predict(pos_x[0]), TEST: offset + pos_probe.predict(pos_x[1])}
-            if depth:
+            positioned[TRAIN], positioned[TEST] = (offset + pos_probe.predict(x) for x in pos_x)
+            if depth:  # depth's headline is its positioned probe's, on the validation images too
                 positioned[VAL] = (offset + held_out(pos_probe, pos_x[0], y))[data.val]
+        else:  # saliency on features that carry the basis: the probe is its own positioned probe
+            positioned[TEST] = pred[TEST]
         held = held_out(probes[target], acts.train, labels)
         # 3. scores: training, validation (held out) and test
         threshold = held_threshold = None
         if not depth:
             threshold = train_threshold(pred[TRAIN], data)
             held_threshold = train_threshold(held[~data.val], data, FIT)
-        train = score_prediction(target, pred[TRAIN], data, positioned[TRAIN] if depth else None, TRAIN, threshold)
-        val = score_prediction(target, held[data.val], data, positioned.get(VAL), VAL, held_threshold)
+        train = score_prediction(target, pred[TRAIN], data, positioned[TRAIN], TRAIN, threshold)
+        val = score_prediction(target, held[data.val], data, positioned[VAL], VAL, held_threshold)
         row = metric_columns(score_prediction(target, pred[TEST], data, positioned[TEST], TEST, threshold), target)
     except NonFiniteError as err:
         return {"error": f"non-finite values: {err}", "fit_seconds": time.perf_counter() - start}, {}
