@@ -121,21 +121,21 @@ def with_feature_controls(caption: float = 0.4, beyond_from: int = 2) -> list[di
 
 
 def test_the_step_from_which_the_image_carries_more_than_its_caption_and_layout():
-    from workflows.report.findings import beyond_text_and_layout
+    from workflows.report.findings import NOT_FIT, beyond_text_and_layout
 
     hooks, table = compare(with_feature_controls(), "saliency")
     assert hooks["caption"] == "-" and np.allclose(table[0].values["caption"], (0.4, 0.38, 0.42))
     # LDM 0.3 + 0.05 step vs caption 0.4: the paired lower bound is above 0 from step 3 (0.45 - 0.4 - noise) on
     assert [t.margin("caption", 1) > 0 for t in table] == [False] * 3 + [True] * 5
     # beyond position: per-image values 0.1 (step - 2) + 0.05 +- 0.01: above 0 from step 2
-    assert beyond_text_and_layout(table) == {"caption": 3, "position": 2}
+    assert beyond_text_and_layout(table) == {"caption": 3, "position": NOT_FIT, "beyond": 2}  # no per-image values
     text = format_findings(with_feature_controls())
     assert "More than the caption control (lower bound above 0): **from step 3 on**" in text
-    assert "beyond position (lower bound above 0): **from step 2 on**" in text
+    assert "more than the position control: **n/a (no such control in this run)**; beyond position (lower bound above 0): **from step 2 on**" in text
     assert "At step 0 (the input is pure noise" in text and "the caption control 0.40 [0.38, 0.42]" in text
     # a caption the LDM never beats, and no caption control at all
     assert beyond_text_and_layout(compare(with_feature_controls(caption=0.9), "saliency")[1])["caption"] is None
-    assert beyond_text_and_layout(compare(rows(), "saliency")[1])["caption"] is None
+    assert beyond_text_and_layout(compare(rows(), "saliency")[1])["caption"] == NOT_FIT
     # a dip late on resets the step: only a margin that holds from then on counts
     dipped = [dict(r, per_image=[0.0] * 4) if r["variant"] == "ldm" and r["hook"] == "up_2_0" and r["step"] == 6
               else r for r in with_feature_controls()]

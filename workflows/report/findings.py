@@ -152,21 +152,32 @@ def first_step_above(table: list[StepComparison], lower_bound) -> int | None:
     return since
 
 
-def beyond_text_and_layout(table: list[StepComparison]) -> dict[str, int | None]:
-    """The first step from which the LDM beats the caption control (paired lower bound > 0; None also when the
-    caption control was not fit or predicts a constant), and from which its beyond-position value is above 0."""
-    caption = (None if not table or all(np.isnan(t.margin("caption")) for t in table)
-               or any("caption" in t.constant for t in table)
-               else first_step_above(table, lambda t: t.margin("caption", 1)))
-    return {"caption": caption, "position": first_step_above(table, lambda t: t.beyond[1])}
+def beyond_text_and_layout(table: list[StepComparison]) -> dict[str, int | str | None]:
+    """From which step on the LDM beats the caption control and the position control (paired lower bound > 0 at
+    that step and every later one; None when it never does; `NOT_TESTABLE` when the control predicts a constant;
+    `NOT_FIT` without the control), and from which its beyond-position value is above 0 ("beyond")."""
+
+    def over(control: str) -> int | str | None:
+        if not table or all(np.isnan(t.margin(control)) for t in table):
+            return NOT_FIT
+        if any(control in t.constant for t in table):
+            return NOT_TESTABLE
+        return first_step_above(table, lambda t: t.margin(control, 1))
+
+    return {"caption": over("caption"), "position": over("position"),
+            "beyond": first_step_above(table, lambda t: t.beyond[1])}
+
+
+NOT_TESTABLE = "not testable (the control predicts a constant)"
+NOT_FIT = "n/a (no such control in this run)"
 
 
 def verdict(value: bool | None) -> str:
-    return "not testable (the control predicts a constant)" if value is None else "yes" if value else "no"
+    return NOT_TESTABLE if value is None else "yes" if value else "no"
 
 
-def step_text(step: int | None) -> str:
-    return "at no step" if step is None else f"from step {step} on"
+def step_text(step: int | str | None) -> str:
+    return "at no step" if step is None else step if isinstance(step, str) else f"from step {step} on"
 
 
 def _fmt(t: StepComparison, name: str) -> str:
@@ -183,7 +194,8 @@ def step_zero_text(table: list[StepComparison]) -> str:
         return ""
     return (f"At step 0 (the input is pure noise: what the LDM reads there comes from the caption and the layout "
             f"prior) the LDM scores {_fmt(t0, 'ldm')}, the caption control {_fmt(t0, 'caption')}, position alone "
-            f"{_fmt(t0, 'position')}; LDM - caption {margin_text(t0, 'caption')}.")
+            f"{_fmt(t0, 'position')}; LDM - caption {margin_text(t0, 'caption')}, LDM - position "
+            f"{margin_text(t0, 'position')}, beyond position {signed(t0.beyond)}.")
 
 
 def format_findings(rows: list[dict], margin: float = 0.15, metric: str | None = None) -> str:
@@ -203,25 +215,31 @@ def format_findings(rows: list[dict], margin: float = 0.15, metric: str | None =
                      f"Layers chosen on held-out training images: LDM `{hooks['ldm']}`, permuted control "
                      f"`{hooks['permuted']}`; x_t is the noisy latent; caption and position are the feature controls."
                      f"\n\n| step | LDM | permuted | x_t | caption | position | LDM - permuted | LDM - x_t | "
-                     f"LDM - caption | LDM {LABELS[METRIC_NAMES[BEYOND_POSITION[target]]]} |\n"
-                     "|---|---|---|---|---|---|---|---|---|---|")
+                     f"LDM - caption | LDM - position | LDM {LABELS[METRIC_NAMES[BEYOND_POSITION[target]]]} |\n"
+                     "|---|---|---|---|---|---|---|---|---|---|---|")
         for t in table:
-            b = "n/a" if not np.isfinite(t.beyond[0]) else f"{t.beyond[0]:+.2f} [{t.beyond[1]:+.2f}, {t.beyond[2]:+.2f}]"
+            b = signed(t.beyond)
             parts.append(f"| {t.step} | {_fmt(t, 'ldm')} | {_fmt(t, 'permuted')} | {_fmt(t, 'latent')} | "
                          f"{_fmt(t, 'caption')} | {_fmt(t, 'position')} | {margin_text(t, 'permuted')} | "
-                         f"{margin_text(t, 'latent')} | {margin_text(t, 'caption')} | {b} |")
+                         f"{margin_text(t, 'latent')} | {margin_text(t, 'caption')} | {margin_text(t, 'position')} | "
+                         f"{b} |")
         parts.append(f"\nClaim (the paired interval's lower bound at least {margin}): beats the permuted control "
                      f"from step 3 on: **{verdict(claim['vs_permuted'])}**; beats x_t in steps 2-7: "
                      f"**{verdict(claim['vs_latent'])}**. More than the caption control (lower bound above 0): "
-                     f"**{step_text(beyond['caption'])}**; beyond position (lower bound above 0): "
-                     f"**{step_text(beyond['position'])}**. {step_zero_text(table)}\n")
+                     f"**{step_text(beyond['caption'])}**; more than the position control: "
+                     f"**{step_text(beyond['position'])}**; beyond position (lower bound above 0): "
+                     f"**{step_text(beyond['beyond'])}**. {step_zero_text(table)}\n")
     return "\n".join(parts)
 
 
-def margin_text(t: StepComparison, control: str) -> str:
+def signed(m: tuple[float, float, float]) -> str:
     """`+0.52 [+0.41, +0.63]`, or n/a."""
-    m = t.margins.get(control, (np.nan,) * 3)
     return "n/a" if not np.isfinite(m[0]) else f"{m[0]:+.2f} [{m[1]:+.2f}, {m[2]:+.2f}]"
+
+
+def margin_text(t: StepComparison, control: str) -> str:
+    """The paired margin over `control` as `+0.52 [+0.41, +0.63]`, or n/a."""
+    return signed(t.margins.get(control, (np.nan,) * 3))
 
 
 def curve_series(rows: list[dict], target: str, metric: str, hooks: dict[str, str | None]) -> list[Series]:

@@ -22,7 +22,7 @@ from probes.resample import upsample_nearest
 from probes.selection import best_probe
 from probes.targets import make_targets
 from workflows.report.findings import (BEYOND, CONSTANT, HEADLINE, beyond_text_and_layout, check_claim, compare,
-                                       curve_series, is_constant_row, margin_text, select_hook, step_text,
+                                       curve_series, is_constant_row, margin_text, select_hook, signed, step_text,
                                        step_zero_text, verdict)
 from workflows.report.figures import Series, depth_image, heatmap_svg, line_chart_svg, mask_image, png_bytes
 from workflows.stages.grid import load_probe
@@ -346,19 +346,19 @@ def finding(page: Page, rows: list[dict] | None) -> None:
             continue
         claim, beyond = check_claim(table), beyond_text_and_layout(table)
         columns = ["step", "LDM", "lo", "hi", "permuted", "x_t", "caption", "position", "LDM - permuted", "LDM - x_t",
-                   "LDM - caption", "beyond position"]
+                   "LDM - caption", "LDM - position", "beyond position"]
         cells = [dict(zip(columns, (t.step, t.shown("ldm"), t.shown("ldm", 1), t.shown("ldm", 2), t.shown("permuted"),
                                     t.shown("latent"), t.shown("caption"), t.shown("position"),
-                                    margin_text(t, "permuted"), margin_text(t, "latent"), margin_text(t, "caption"),
-                                    "n/a" if not np.isfinite(t.beyond[0]) else
-                                    f"{t.beyond[0]:+.2f} [{t.beyond[1]:+.2f}, {t.beyond[2]:+.2f}]"))) for t in table]
+                                    *(margin_text(t, c) for c in ("permuted", "latent", "caption", "position")),
+                                    signed(t.beyond)))) for t in table]
         page.parts.append(
             f"<h3>{target}: {html.escape(label)}</h3><p>LDM layer <code>{hooks['ldm']}</code>, permuted "
             f"<code>{hooks['permuted']}</code>. Margins are paired over the same test images (95% intervals); the claim "
             "asks the interval's lower bound to be at least 0.15. Over the permuted control from step 3 on: "
             f"<b>{verdict(claim['vs_permuted'])}</b>; over x_t in steps 2-7: "
             f"<b>{verdict(claim['vs_latent'])}</b>. More than the caption control (lower bound above 0): "
-            f"<b>{step_text(beyond['caption'])}</b>; beyond position: <b>{step_text(beyond['position'])}</b>. "
+            f"<b>{step_text(beyond['caption'])}</b>; more than the position control: "
+            f"<b>{step_text(beyond['position'])}</b>; beyond position: <b>{step_text(beyond['beyond'])}</b>. "
             f"{html.escape(step_zero_text(table))}</p>" + html_table(cells, columns))
 
 
