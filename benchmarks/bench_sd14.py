@@ -250,18 +250,40 @@ def cmd_gpu(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
 
 
+def disk_floor(folder: str, parts: list[np.ndarray], repeats: int) -> float:
+    """MB/s of the output disk itself for the writer's bytes: the same parts written with large buffered writes into
+    one file per repeat in `folder`, then fsync: what any writer of these bytes to this folder is bounded by."""
+    mb = sum(p.nbytes for p in parts) * repeats / 2**20
+    start = time.perf_counter()
+    with open(os.path.join(folder, "floor.bin"), "wb", buffering=0) as f:
+        for _ in range(repeats):
+            for part in parts:
+                f.write(memoryview(part).cast("B"))
+        f.flush()
+        os.fsync(f.fileno())
+    seconds = time.perf_counter() - start
+    os.remove(os.path.join(folder, "floor.bin"))
+    return mb / seconds
+
+
 def cmd_writer(args: argparse.Namespace) -> None:
     """Store writes alone at SD v1.4's shapes (16 hooks, 512 px): direct shard files against Zarr's own write path,
-    side by side in one run, from the same host buffers (no model: the rate the writer can sustain)."""
+    side by side in one run, from the same host buffers (no model: the rate the writer can sustain), and the disk's
+    own floor for the same bytes in the same folder, measured before every writer configuration and after the last
+    (a VM disk's rate drifts by several times within minutes: each ratio is against the median floor)."""
     points = [p for p in describe_hook_points(MODEL, 512, 512) if p.kind == "unet"]
     layout = Layout({p.name: (p.height, p.width, p.channels) for p in points}, (512, 512), args.steps)
     rng = np.random.default_rng(0)
     batch = {p.name: rng.standard_normal((args.batch, p.height, p.width, p.channels), np.float32).astype(np.float16)
              for p in points}
     n = args.batch * args.batches
-    print("| path | compression | writer threads | MB written | s | MB/s |\n|---|---|---|---|---|---|")
+    folder = tempfile.mkdtemp(dir=args.tmp)
+    repeats = args.steps * args.batches
+    floors = []
+    rows = []
     for direct in (True, False):
         for compression in args.compression:
+            floors.append(disk_floor(folder, list(batch.values()), repeats))
             with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
                 _, writer = store_for(n, args.batch, args.steps, f"{tmp}/run", lambda cfg: layout, compression,
                                       args.threads, direct)
@@ -275,8 +297,17 @@ def cmd_writer(args: argparse.Namespace) -> None:
                 seconds = time.perf_counter() - start
                 writer.close()
                 mb = sum(a.nbytes for a in batch.values()) * args.steps * args.batches / 2**20
-                print(f"| {'direct' if direct else 'zarr'} | {compression} | {args.threads} | {mb:.0f} | "
-                      f"{seconds:.1f} | {mb / seconds:.0f} |", flush=True)
+                rows.append(("direct" if direct else "zarr", compression, mb, seconds))
+                print(f"{rows[-1][0]} {compression}: {mb / seconds:.0f} MB/s", file=sys.stderr, flush=True)
+    floors.append(disk_floor(folder, list(batch.values()), repeats))
+    os.rmdir(folder)
+    floor = float(np.median(floors))
+    print(f"disk floor (buffered writes + fsync, same bytes, same folder), before each writer and after the last: "
+          f"{', '.join(f'{f:.0f}' for f in floors)} MB/s; median {floor:.0f}\n")
+    print("| path | compression | writer threads | MB written | s | MB/s | / floor |\n|---|---|---|---|---|---|---|")
+    for path, compression, mb, seconds in rows:
+        print(f"| {path} | {compression} | {args.threads} | {mb:.0f} | {seconds:.1f} | {mb / seconds:.0f} | "
+              f"{mb / seconds / floor:.2f} |")
 
 
 def main() -> None:
