@@ -106,6 +106,12 @@ def test_map_records_and_resume_without_redoing_pairs(tiny_run, model, tmp_path)
     causal = resolve_causal(run, small_cfg(saliency_hooks="causal", patching=cfg.patching))
     assert set(causal.saliency_hooks) <= set(HOOKS) and set(causal.saliency_steps) <= {0, 1}
     assert causal.depth_hooks == small_cfg().depth_hooks  # only the tasks asking for it
+    # the report's section: a gain and a success heatmap per view, and the cells' table
+    from workflows.report.patching import patching_section
+
+    section = patching_section(run)
+    assert section.count("<svg") == 4 and "window: steps 0..s" in section and "success [95% CI]" in section
+    assert "sceneprobe patch CONFIG" in patching_section(tiny_run)  # no map yet: says how to make one
 
 
 def test_causal_before_the_map_and_too_few_pairs(tiny_run, model):
