@@ -106,6 +106,15 @@ def test_map_records_and_resume_without_redoing_pairs(tiny_run, model, tmp_path)
     causal = resolve_causal(run, small_cfg(saliency_hooks="causal", patching=cfg.patching))
     assert set(causal.saliency_hooks) <= set(HOOKS) and set(causal.saliency_steps) <= {0, 1}
     assert causal.depth_hooks == small_cfg().depth_hooks  # only the tasks asking for it
+    from workflows.stages.interventions import run_interventions
+
+    edits = run_interventions(run, small_cfg(saliency_hooks="causal", tasks=("saliency",), methods=("closed-form",),
+                                             max_images=1), model=model, labelers=labelers, stream=io.StringIO())
+    assert edits.ok and edits.config.saliency_hooks == causal.saliency_hooks  # the edits ran at the map's cells
+    import json
+
+    stored = json.loads(open(os.path.join(run, "interventions", "config.json")).read())
+    assert stored["saliency_hooks"] == causal.saliency_hooks and stored["saliency_steps"] == causal.saliency_steps
     # the report's section: a gain and a success heatmap per view, and the cells' table
     from workflows.report.patching import patching_section
 
