@@ -22,7 +22,8 @@ AND intact) with its interval; then the speed-up of closed-form over paper at th
 writes the numbers.
 
 4. With `--patching-pairs N`: the patching map's cost (`workflows.stages.patching.run_pair`, as the stage runs it) on
-   the first N training scenes, at the edited layers and steps, both views: seconds per pair and per patched image.
+   the first N training scenes, at the edited layers and steps, both views: seconds per pair and per patched image
+   (`--test 0`: that alone).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hooks", default=None,
                    help='edited hooks, comma-separated, or "all" U-Net hooks (default: the up blocks)')
     p.add_argument("--train", type=int, default=64, help="images to fit the probes on")
-    p.add_argument("--test", type=int, default=8, help="held-out images to edit")
+    p.add_argument("--test", type=int, default=8, help="held-out images to edit (0: only --patching-pairs)")
     p.add_argument("--test-offset", type=int, default=0,
                    help="first held-out scene to edit (HELD_OUT_SEED + this): fresh images to confirm a setting chosen "
                         "on the default ones")
@@ -138,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {args.model} ({H}x{W}, {args.steps} steps, {model.device}); edits at {len(hooks)} hooks x steps "
           f"{edit_steps}; {args.train} train / {args.test} test images (held-out scenes {args.test_offset}+) x "
           f"{args.targets} targets", flush=True)
+
+    if args.test == 0:  # --test 0 --patching-pairs N: the patching cost alone (no probes, no edits)
+        patching_cost(model, labeler, hooks, edit_steps, args.patching_pairs, args.batch, colour_check_for(model))
+        return 0
 
     # 1. Probes on the training images.
     t0 = time.perf_counter()

@@ -100,6 +100,9 @@ def test_map_records_and_resume_without_redoing_pairs(tiny_run, model, tmp_path)
         assert r["counterfactual_seed"] != r["seed"]
     again = run_patching(run, cfg, model=model, labelers=labelers, stream=io.StringIO())
     assert again.done == 0 and again.skipped == 3
+    more = run_patching(run, patch_cfg(pairs=4), model=model, labelers=labelers, stream=io.StringIO())
+    assert more.done == 1 and more.skipped == 3  # more pairs: only the new one runs
+    assert {r["n_pairs"] for r in more.table} == {4}
     with pytest.raises(UserError, match="other settings.*steps"):
         run_patching(run, patch_cfg(steps=[0]), model=model, labelers=labelers, stream=io.StringIO())
     # hooks: causal takes the map's layers and steps
@@ -154,7 +157,8 @@ def test_causal_rule_takes_qualifying_cells_only():
         return {"view": view, "hook": hook, "step": step, "gain": gain, "gain_lo": lo, "intact": intact}
 
     table = [row("a", 0, 0.30, 0.10), row("a", 1, 0.05, -0.1), row("b", 0, 0.50, 0.20, intact=0.2),  # b broke it
-             row("c", 2, 0.20, 0.05), row("d", 0, 0.9, 0.5, view="window")]  # windows are not the rule's view
+             row("c", 2, 0.20, 0.05), row("d", 0, 0.9, 0.5, view="window"),  # windows are not the rule's view
+             row("e", 1, 0.001, 0.0001)]  # an interval a hair above zero around no movement
     assert causal_cells(table, 4) == (["a", "c"], [0, 2], True)
     assert causal_cells(table, 1) == (["a"], [0], True)
     none = [row("a", 0, 0.1, -0.1), row("b", 1, 0.2, -0.05)]

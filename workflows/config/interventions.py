@@ -79,8 +79,9 @@ class PatchingConfig:
                               f"{self.layers!r}")
 
     def data_fields(self) -> dict:
-        """The fields that decide the map: a resumed patching run must match them."""
-        return {"pairs": self.pairs, "candidates": self.candidates, "max_overlap": self.max_overlap,
+        """The fields that decide the map: a resumed patching run must match them. `pairs` is not one: a pair's result
+        does not depend on how many there are, so raising it only runs the new pairs (the map uses the first `pairs`)."""
+        return {"candidates": self.candidates, "max_overlap": self.max_overlap,
                 "layers": self.layers, "steps": list(self.steps), "views": list(self.views)}
 
 

@@ -2,9 +2,10 @@
 is made on training pairs only (`workflows.stages.patching_stage`), so no test image takes part in the choice.
 
 The rule (`causal_cells`), on the map's "cell" view (one (layer, step) copied): a cell qualifies when its movement
-towards the counterfactual's mask has a 95% interval above zero (`gain_lo > 0`) and its patched images stayed intact
-in at least half of the pairs (`intact >= 0.5`: a cell that moves the object by redrawing the picture does not
-count). The `causal_layers` layers with the largest qualifying gain are edited, at every step where one of them
+towards the counterfactual's mask has a 95% interval above zero (`gain_lo > 0`) and a mean of at least `MIN_GAIN`
+(0.02 Dice: layers that change nothing have intervals a hair above zero when every pair moves by ~0.001), and its
+patched images stayed intact in at least half of the pairs (`intact >= 0.5`: a cell that moves the object by
+redrawing the picture does not count). The `causal_layers` layers with the largest qualifying gain are edited, at every step where one of them
 qualifies. Where no cell qualifies, the single cell with the largest mean gain is taken, and the stage says so.
 """
 
@@ -18,6 +19,7 @@ from workflows.store import read_table
 from workflows.store.paths import PATCHING_MAP
 
 MIN_INTACT = 0.5  # a qualifying cell kept the picture in at least this share of the pairs
+MIN_GAIN = 0.02  # and moved the mask towards the counterfactual's by at least this much Dice, on average
 
 
 def causal_cells(table: list[dict], causal_layers: int) -> tuple[list[str], list[int], bool]:
@@ -26,7 +28,7 @@ def causal_cells(table: list[dict], causal_layers: int) -> tuple[list[str], list
     if not cells:
         raise UserError("the patching map has no 'cell' view rows; make it with interventions.patching.views "
                         "including cell")
-    qualifying = [r for r in cells if r["gain_lo"] > 0 and r["intact"] >= MIN_INTACT]
+    qualifying = [r for r in cells if r["gain_lo"] > 0 and r["gain"] >= MIN_GAIN and r["intact"] >= MIN_INTACT]
     chosen = qualifying or [max(cells, key=lambda r: r["gain"])]
     best: dict[str, float] = {}
     for r in chosen:
