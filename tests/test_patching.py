@@ -16,7 +16,7 @@ from workflows.config import ConfigError, PatchingConfig
 from workflows.stages.causal import causal_cells, resolve_causal
 from workflows.stages.patching import Cell, Pair, PatchWorker, generate_patched, make_cells, record_halves, \
     score_patched
-from workflows.stages.patching_stage import local_runner, pair_records, run_patching
+from workflows.stages.patching_stage import gather_pairs, local_runner, pair_records, run_patching
 from workflows.store.paths import PATCHING_CELLS, PATCHING_MAP
 
 PATCH = dict(pairs=3, candidates=2, max_overlap=1.0, layers=HOOKS, steps=[0, 1], batch=8)
@@ -71,8 +71,6 @@ def test_map_records_and_resume_without_redoing_pairs(tiny_run, model, tmp_path)
     run = str(tmp_path / "run")
     shutil.copytree(tiny_run, run)
     cfg, labelers = patch_cfg(), fake_labelers()
-
-    from workflows.stages.patching_stage import gather_pairs
 
     inputs = gather_pairs(run, cfg)
 
@@ -202,7 +200,8 @@ def test_destroyed_patched_images_never_count_as_success():
 
 @pytest.mark.slow
 def test_ray_pool_matches_the_local_map(tiny_run, model, tmp_path):
-    """The actor pool runs the same pairs as the local loop, with the same rows."""
+    """The actor pool runs the same pairs as the local loop, with the same rows, and skips a pair already recorded
+    (resume on the pool: the interrupted run's finished pair is not redone)."""
     import ray
 
     from workflows.ray.patching import pair_runner
@@ -212,6 +211,11 @@ def test_ray_pool_matches_the_local_map(tiny_run, model, tmp_path):
     for path in (local, remote):
         shutil.copytree(tiny_run, path)
     assert run_patching(local, cfg, model=model, labelers=fake_labelers(), stream=io.StringIO()).ok
+    partial = run_patching(remote, cfg, model=model, labelers=fake_labelers(), stream=io.StringIO(),
+                 run_pairs=lambda pairs, on_done, on_failed: local_runner(remote, cfg, gather_pairs(remote, cfg),
+                                                                          model=model, labelers=fake_labelers())(
+                     pairs[:1], on_done, on_failed))  # an earlier run that finished only the first pair
+    assert partial.failed == {"000001": "not run"} and not partial.ok  # left undone, and said so
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:
@@ -221,7 +225,7 @@ def test_ray_pool_matches_the_local_map(tiny_run, model, tmp_path):
                               stream=io.StringIO())
     finally:
         ray.shutdown()
-    assert result.ok and result.done == 2
+    assert result.ok and result.done == 1 and result.skipped == 1
     a, b = pair_records(local).done(), pair_records(remote).done()
     assert a.keys() == b.keys()
     for key in a:

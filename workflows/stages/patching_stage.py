@@ -156,6 +156,9 @@ def run_patching(output: str, cfg: InterventionConfig, *, run_pairs: PairRunner 
 
     if todo:  # 2.
         (run_pairs or local_runner(output, cfg, inputs, **local))(todo, on_done, on_failed)
+    for pair in todo:  # a runner may return with pairs never attempted (e.g. every actor lost): undone, not mapped
+        if pair.key not in done and pair.key not in failed:
+            failed[pair.key] = "not run"
     if failed:
         return PatchingResult(len(todo) - len(failed), len(inputs.pairs) - len(todo), failed, 0, [])
     mine = [done[p.key] for p in inputs.pairs]
