@@ -14,6 +14,7 @@ from workflows.store.paths import PATCHING_MAP
 
 VIEW_NAMES = {"cell": "one (layer, step) copied", "window": "steps 0..s copied at one layer"}
 TOP = 8  # cells listed per view
+CELL = 34  # px per heatmap cell: room for a signed two-decimal number
 
 
 def patching_map(table: list[dict], view: str, field: str) -> tuple[np.ndarray, list[str], list[int]]:
@@ -59,9 +60,9 @@ def patching_section(output: str) -> str:
         limit = max(float(np.nanmax(np.abs(gain))) if np.isfinite(gain).any() else 0.0, 0.05)
         parts.append("<div class='row'>"
                      + heatmap_svg(gain, hooks, steps, title=f"{view}: {VIEW_NAMES.get(view, view)}: gain",
-                                   vmin=-limit, vmax=limit, fmt="{:+.2f}")
+                                   vmin=-limit, vmax=limit, fmt="{:+.2f}", cell=CELL)
                      + heatmap_svg(success, hooks, steps, title=f"{view}: success (moved and intact)", vmin=0.0,
-                                   vmax=1.0) + "</div>")
+                                   vmax=1.0, cell=CELL) + "</div>")
         best = sorted((r for r in table if r["view"] == view and r["gain"] == r["gain"]), key=lambda r: -r["gain"])
         parts.append(f"<p>{view}: the {TOP} cells that move the object most.</p>" + _cells(best[:TOP]))
     return "".join(parts)
