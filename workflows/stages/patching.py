@@ -149,9 +149,10 @@ def choose_counterfactual(worker: PatchWorker, pair: Pair) -> dict:
     overlap = dice_iou(masks, np.broadcast_to(base, masks.shape))["dice_fg"]
     overlap = np.where(masks.reshape(len(masks), -1).any(1), overlap, np.inf)  # an empty candidate is never chosen
     j = int(np.argmin(overlap))
+    plain = [float(o) if np.isfinite(o) else None for o in overlap]  # None: an empty mask (JSON has no infinity)
     return {"image": pair.image, "seed": int(pair.seed), "prompt": pair.prompt, "counterfactual_seed": seeds[j],
-            "overlap": float(overlap[j]), "candidate_overlaps": [float(o) for o in overlap],
-            "usable": bool(base.any() and np.isfinite(overlap[j]) and overlap[j] <= pcfg.max_overlap)}
+            "overlap": plain[j], "candidate_overlaps": plain,
+            "usable": bool(base.any() and plain[j] is not None and plain[j] <= pcfg.max_overlap)}
 
 
 def score_patched(worker: PatchWorker, pair: Pair, target: np.ndarray, images: np.ndarray,

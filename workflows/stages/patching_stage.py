@@ -147,8 +147,9 @@ def run_patching(output: str, cfg: InterventionConfig, *, run_pairs: PairRunner 
         records.write(pair.key, record)
         done[pair.key] = record
         info = record["pair"]
-        print(f"patching pair {pair.key}: counterfactual seed {info['counterfactual_seed']}, mask Dice "
-              f"{info['overlap']:.2f}{'' if info['usable'] else ' (not usable)'}", file=stream, flush=True)
+        dice = "no salient object in any candidate" if info["overlap"] is None else f"mask Dice {info['overlap']:.2f}"
+        print(f"patching pair {pair.key}: counterfactual seed {info['counterfactual_seed']}, {dice}"
+              f"{'' if info['usable'] else ' (not usable)'}", file=stream, flush=True)
 
     def on_failed(pair: Pair, error: str) -> None:
         failed[pair.key] = error
