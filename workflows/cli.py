@@ -131,7 +131,8 @@ def add_run_commands(sub) -> None:
         parser_ = sub.add_parser(stage, help=help_text)
         add_arguments(parser_)
         if stage == "intervene":
-            parser_.add_argument("--fresh", action="store_true", help="discard earlier intervention results")
+            parser_.add_argument("--fresh", action="store_true",
+                                 help="discard earlier edit results (the patching map is kept: `patch --fresh`)")
         parser_.set_defaults(func=lambda a, stage=stage: run_command(a, (stage,)))
     patch = sub.add_parser("patch", help="the activation-patching map on training pairs (interventions.patching)")
     add_arguments(patch)

@@ -86,7 +86,9 @@ def intervene(cfg: RunConfig, use_ray: bool, address: str | None, fresh: bool, s
     require_run(cfg, "intervene")
     specs = {t: dataclasses.asdict(getattr(cfg.labels, t)) for t in cfg.probes.targets}
     icfg = cfg.interventions
-    if icfg.patching is not None and not patch(cfg, use_ray, address, fresh, stream):
+    # the map is resumed even with --fresh, which discards the edits only: it costs more than the edits, and a map made
+    # with other settings is refused by name (`sceneprobe patch CONFIG --fresh` starts it over)
+    if icfg.patching is not None and not patch(cfg, use_ray, address, False, stream):
         return False
     runner = unit_runner(cfg.output, icfg, labeler_specs=specs, address=address) if use_ray else None
     result = run_interventions(cfg.output, icfg, run_units=runner, fresh=fresh, stream=stream, labeler_specs=specs)

@@ -84,7 +84,7 @@ def prepare(output: str, pcfg: PatchingConfig, fresh: bool) -> None:
         diff = [k for k in current if json.loads(stored).get(k) != current[k]]
         if diff:
             raise UserError(f"{output}/interventions/patching holds a map made with other settings ({', '.join(diff)});"
-                            " run it with the stored settings, or start over with --fresh")
+                            " run it with the stored settings, or start it over with `sceneprobe patch CONFIG --fresh`")
     if stored is None or fresh:
         pair_records(output).clear()
         write_atomic(output, PATCHING_CONFIG, json.dumps(current, indent=1).encode())
