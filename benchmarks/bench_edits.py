@@ -20,6 +20,10 @@ Prints, per method: seconds per edit inside the edit functions (what the methods
 generation, mean Dice before/after with the gain's 95% bootstrap interval over images, and the success rate (moved
 AND intact) with its interval; then the speed-up of closed-form over paper at their success. `--json PATH` also
 writes the numbers.
+
+4. With `--patching-pairs N`: the patching map's cost (`workflows.stages.patching.run_pair`, as the stage runs it) on
+   the first N training scenes, at the edited layers and steps, both views: seconds per pair and per patched image
+   (`--test 0`: that alone).
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ from workflows.stages.edits import EditStats, run_edits, score  # noqa: E402
 from workflows.config import InterventionConfig, default_hooks  # noqa: E402
 from workflows.stages.interventions import choose_strengths, judge  # noqa: E402
 from probes.targets import draw_translations, make_targets  # noqa: E402
-from workflows.config import EditSettings, TargetSpec  # noqa: E402
+from workflows.config import EditSettings, PatchingConfig, TargetSpec  # noqa: E402
+from workflows.stages.patching import Pair, PatchWorker, run_pair  # noqa: E402
 
 
 def simple_labeler() -> Labeler:
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hooks", default=None,
                    help='edited hooks, comma-separated, or "all" U-Net hooks (default: the up blocks)')
     p.add_argument("--train", type=int, default=64, help="images to fit the probes on")
-    p.add_argument("--test", type=int, default=8, help="held-out images to edit")
+    p.add_argument("--test", type=int, default=8, help="held-out images to edit (0: only --patching-pairs)")
     p.add_argument("--test-offset", type=int, default=0,
                    help="first held-out scene to edit (HELD_OUT_SEED + this): fresh images to confirm a setting chosen "
                         "on the default ones")
@@ -113,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--patching-pairs", type=int, default=0,
+                   help="also time the patching map on this many training pairs (0: skip)")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
     if args.threads:
@@ -132,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {args.model} ({H}x{W}, {args.steps} steps, {model.device}); edits at {len(hooks)} hooks x steps "
           f"{edit_steps}; {args.train} train / {args.test} test images (held-out scenes {args.test_offset}+) x "
           f"{args.targets} targets", flush=True)
+
+    if args.test == 0:  # --test 0 --patching-pairs N: the patching cost alone (no probes, no edits)
+        patching_cost(model, labeler, hooks, edit_steps, args.patching_pairs, args.batch, colour_check_for(model))
+        return 0
 
     # 1. Probes on the training images.
     t0 = time.perf_counter()
@@ -224,9 +235,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"closed-form vs paper: {results['speedup_edit']:.0f}x faster in the edits, "
               f"{results['speedup_total']:.1f}x per edited image; gain {cf['gain']:+.3f} vs {pa['gain']:+.3f}, "
               f"success {cf['success']:.2f} vs {pa['success']:.2f}")
+    if args.patching_pairs:
+        results["patching"] = patching_cost(model, labeler, hooks, edit_steps, args.patching_pairs, args.batch,
+                                            worker.colour_check)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     return 0
+
+
+def patching_cost(model, labeler, hooks: list[str], steps: list[int], n: int, batch: int, colour_check) -> dict:
+    """Step 4: `run_pair` on the first `n` training scenes (layers x steps x both views per pair), timed."""
+    seeds = list(range(n))
+    prompts = render_batch(seeds).captions
+    unedited = generate_batched(model, prompts, seeds, batch)[0]
+    masks = labeler(unedited)
+    cfg = InterventionConfig(patching=PatchingConfig(pairs=max(n, 2), layers=list(hooks), steps=list(steps),
+                                                     batch=16))
+    worker = PatchWorker(model, labeler, cfg, list(hooks), list(steps), colour_check)
+    seconds, usable, images = [], 0, 0
+    for i in range(n):
+        start = time.perf_counter()
+        record = run_pair(worker, Pair(i, prompts[i], seeds[i], masks[i], unedited[i]))
+        seconds.append(time.perf_counter() - start)
+        usable += record["pair"]["usable"]
+        images = max(images, len(record["rows"]))
+    out = {"pairs": n, "usable": usable, "patched_images_per_pair": images, "seconds_per_pair": float(np.mean(seconds))}
+    print(f"patching: {n} pairs ({usable} usable), {images} patched images per pair ({len(hooks)} layers x "
+          f"{len(steps)} steps x 2 views): {out['seconds_per_pair']:.1f} s per pair, "
+          f"{out['seconds_per_pair'] / max(images, 1):.3f} s per patched image (with the pair's candidates)", flush=True)
+    return out
 
 
 if __name__ == "__main__":

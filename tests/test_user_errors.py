@@ -71,6 +71,12 @@ def bad_inputs(tmp: Path, run: tuple[str, str]) -> dict[str, list[str]]:
         "probe: no run yet": ["probe", cfg()],
         "label: no run yet": ["label", cfg()],
         "intervene: no probes yet": ["intervene", config, "--resume", "--no-ray"],
+        "intervene: hooks causal before the patching map": ["intervene", config, "--resume", "--no-ray", "--set",
+                                                            "interventions.saliency_hooks=causal"],
+        "patch: no run yet": ["patch", cfg(), "--no-ray"],
+        "patch: fewer than 2 pairs": ["patch", config, "--no-ray", "--set", "interventions.patching.pairs=1"],
+        "patch: a step past the run's last": ["patch", config, "--no-ray", "--set", "interventions.patching.steps=[5]"],
+        "patch: no labels yet": ["patch", config, "--no-ray", "--set", "interventions.patching.steps=[0]"],
         "animate: no such run": ["animate", str(tmp / "nothing-here")],
         "animate: a run without probes": ["animate", output],
     }

@@ -8,6 +8,18 @@ import sys
 from workflows.config import METHODS, STAGES
 
 
+def cmd_patch(args: argparse.Namespace) -> int:
+    """The patching map alone (the intervene stage also runs it first when interventions.patching is set)."""
+    from workflows.config import PatchingConfig, load_config
+    from workflows.pipeline import patch
+
+    cfg = load_config(args.config, list(args.set) + ([f"output={args.output}"] if args.output else []))
+    if cfg.interventions.patching is None:  # the subcommand asks for the map: the section's defaults
+        cfg.interventions.patching = PatchingConfig()
+    ok = patch(cfg, not args.no_ray, args.address, args.fresh, sys.stderr)
+    return 0 if ok else 1
+
+
 def cmd_hooks(args: argparse.Namespace) -> int:
     """Print the hook table of a model without loading its weights."""
     from ldm.architecture import describe_hook_points
@@ -119,8 +131,13 @@ def add_run_commands(sub) -> None:
         parser_ = sub.add_parser(stage, help=help_text)
         add_arguments(parser_)
         if stage == "intervene":
-            parser_.add_argument("--fresh", action="store_true", help="discard earlier intervention results")
+            parser_.add_argument("--fresh", action="store_true",
+                                 help="discard earlier edit results (the patching map is kept: `patch --fresh`)")
         parser_.set_defaults(func=lambda a, stage=stage: run_command(a, (stage,)))
+    patch = sub.add_parser("patch", help="the activation-patching map on training pairs (interventions.patching)")
+    add_arguments(patch)
+    patch.add_argument("--fresh", action="store_true", help="discard an earlier patching map")
+    patch.set_defaults(func=cmd_patch)
     status = sub.add_parser("status", help="show a run's shard states")
     status.add_argument("run", help="a run's output location, or its config file")
     status.set_defaults(func=status_command)

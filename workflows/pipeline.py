@@ -17,6 +17,7 @@ from ldm.captions import check_text_encoder
 from workflows.config import STAGES, RunConfig
 from workflows.ray.generate import shard_runner
 from workflows.ray.interventions import animate_on_ray, unit_runner
+from workflows.ray.patching import pair_runner
 from workflows.ray.session import ensure_ray
 from workflows.ray.tasks import fit_groups_with_ray, label_runner
 from workflows.report.page import build_report
@@ -25,6 +26,7 @@ from workflows.stages.generate import check_inputs, generate, generate_controls,
 from workflows.stages.grid import probe_run
 from workflows.stages.interventions import run_interventions
 from workflows.stages.labels import label_run
+from workflows.stages.patching_stage import run_patching
 from workflows.stages.prompts import check_prompts
 from workflows.store import check_output, require_run
 
@@ -70,7 +72,8 @@ def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = STAGES, *, resume: bo
     # 4. Probe: the probe grid with its controls, scored on the test split.
     if "probe" in stages:
         probe_run(cfg, (lambda data: fit_groups_with_ray(cfg.output, data)) if use_ray else None, stream=stream)
-    # 5. Intervene: edits along the probes, re-labelled and scored; then the moving-object GIF.
+    # 5. Intervene: the patching map on training pairs (when enabled), edits along the probes, re-labelled and scored;
+    #    then the moving-object GIF.
     if "intervene" in stages and not intervene(cfg, use_ray, address, fresh, stream):
         return "intervene"
     # 6. Report: <output>/report/index.html from whatever stages have run.
@@ -86,6 +89,10 @@ def intervene(cfg: RunConfig, use_ray: bool, address: str | None, fresh: bool, s
     require_run(cfg, "intervene")
     specs = {t: dataclasses.asdict(getattr(cfg.labels, t)) for t in cfg.probes.targets}
     icfg = cfg.interventions
+    # the map is resumed even with --fresh, which discards the edits only: it costs more than the edits, and a map made
+    # with other settings is refused by name (`sceneprobe patch CONFIG --fresh` starts it over)
+    if icfg.patching is not None and not patch(cfg, use_ray, address, False, stream):
+        return False
     runner = unit_runner(cfg.output, icfg, labeler_specs=specs, address=address) if use_ray else None
     result = run_interventions(cfg.output, icfg, run_units=runner, fresh=fresh, stream=stream, labeler_specs=specs)
     if result.ok and "saliency" in icfg.tasks:
@@ -94,3 +101,13 @@ def intervene(cfg: RunConfig, use_ray: bool, address: str | None, fresh: bool, s
         else:
             animate_run(cfg.output, cfg=result.config)
     return result.ok
+
+
+def patch(cfg: RunConfig, use_ray: bool, address: str | None, fresh: bool, stream: TextIO) -> bool:
+    """The patching map (`interventions.patching`) on the run's training pairs, on the actor pool or in this process
+    (`sceneprobe patch CONFIG`; the intervene stage runs it first when the section is set)."""
+    require_run(cfg, "patch")
+    specs = {"saliency": dataclasses.asdict(cfg.labels.saliency)}
+    icfg = cfg.interventions
+    runner = pair_runner(cfg.output, icfg, labeler_specs=specs, address=address) if use_ray else None
+    return run_patching(cfg.output, icfg, run_pairs=runner, fresh=fresh, stream=stream, labeler_specs=specs).ok

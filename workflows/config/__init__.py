@@ -4,14 +4,16 @@ file maps onto them (`schema`), loading with `--set` overrides (`loading`), the 
 Room of `workflows`: the bottom; imports nothing of `workflows` (only `ldm.errors` and `ldm.hooks`' names).
 """
 
-from workflows.config.interventions import EditSettings, InterventionConfig, TargetSpec, default_hooks
+from workflows.config.interventions import (CAUSAL, VIEWS, EditSettings, InterventionConfig, PatchingConfig, TargetSpec,
+                                            default_hooks)
 from workflows.config.loading import dump_config, from_dict, load_config, parse_override
 from workflows.config.names import EXTRAS, FEATURE_CONTROLS, METHODS, MODEL_CONTROLS, STAGES, TARGETS
 from workflows.config.run_config import (RUNTIME_FIELDS, STAGE_SECTIONS, LabelerConfig, LabelsConfig, ProbesConfig,
                                          PromptsConfig, RunConfig, data_differences, validate)
 from workflows.config.schema import ConfigError, flatten, to_dict
 
-__all__ = ["ConfigError", "EXTRAS", "EditSettings", "FEATURE_CONTROLS", "InterventionConfig", "LabelerConfig",
-           "LabelsConfig", "METHODS", "MODEL_CONTROLS", "ProbesConfig", "PromptsConfig", "RUNTIME_FIELDS", "RunConfig", "STAGES", "STAGE_SECTIONS", "TARGETS",
-           "TargetSpec", "data_differences", "default_hooks", "dump_config", "flatten", "from_dict", "load_config",
+__all__ = ["CAUSAL", "ConfigError", "EXTRAS", "EditSettings", "FEATURE_CONTROLS", "InterventionConfig",
+           "LabelerConfig", "LabelsConfig", "METHODS", "MODEL_CONTROLS", "PatchingConfig", "ProbesConfig",
+           "PromptsConfig", "RUNTIME_FIELDS", "RunConfig", "STAGES", "STAGE_SECTIONS", "TARGETS", "TargetSpec", "VIEWS",
+           "data_differences", "default_hooks", "dump_config", "flatten", "from_dict", "load_config",
            "parse_override", "to_dict", "validate"]

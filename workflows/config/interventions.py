@@ -4,6 +4,9 @@ Edit strength is either given (`strength`, one number or per task) or chosen on 
 edit method of a task tries the candidate strengths on the first `calibrate_images` *training* images (targets drawn
 as for test images) and keeps the one with the highest mean gain towards the target; the random control takes the
 strength of the edit whose norm it copies. The test split never takes part in the choice.
+
+`PatchingConfig` (`interventions.patching`) sizes the activation-patching map (workflows/stages/patching.py), on
+training pairs only; `saliency_hooks: causal` (or `depth_hooks`) makes the edits take their layers and steps from it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,53 @@ class TargetSpec:
             raise ConfigError(f"interventions.targets: translation range needs 0 <= low < high, got [{self.low}, {self.high})")
 
 
+
+
+VIEWS = ("cell", "window")  # patching: one (layer, step) copied, or steps 0..s at one layer
+CAUSAL = "causal"  # a hooks value: the layers and steps come from the patching map (workflows/stages/causal.py)
+
+
+@dataclass(frozen=True)
+class PatchingConfig:
+    """The activation-patching map: for each of the first `pairs` training images with a salient object, the
+    counterfactual is the same prompt drawn with the one of `candidates` other seeds whose salient mask overlaps the
+    image's least (Dice at most `max_overlap`, else the pair is not usable); its activations are copied into the
+    image's generation at each (layer, step) of `layers` x `steps` (view "cell") and at steps 0..s of one layer
+    ("window"), `batch` patched generations per generate call. `causal_layers`: how many layers `hooks: causal`
+    takes from the map."""
+
+    pairs: int = 8
+    candidates: int = 4
+    max_overlap: float = 0.5
+    layers: list[str] | str | None = None  # None or "all": every U-Net hook of the run
+    steps: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 7, 10, 14])
+    views: tuple[str, ...] = VIEWS
+    batch: int = 16
+    causal_layers: int = 4
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pairs, int) or self.pairs < 2:
+            raise ConfigError(f"interventions.patching.pairs must be at least 2 (a map needs intervals over pairs), "
+                              f"got {self.pairs!r}")
+        for name in ("candidates", "batch", "causal_layers"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"interventions.patching.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not _positive(self.max_overlap) or self.max_overlap > 1:
+            raise ConfigError(f"interventions.patching.max_overlap must be in (0, 1], got {self.max_overlap!r}")
+        if not self.steps or any(not isinstance(s, int) or s < 0 for s in self.steps):
+            raise ConfigError(f"interventions.patching.steps must be a non-empty list of steps >= 0, got {self.steps!r}")
+        bad = [v for v in self.views if v not in VIEWS]
+        if bad or not self.views:
+            raise ConfigError(f"interventions.patching.views: choose from {', '.join(VIEWS)}, got {list(self.views)!r}")
+        if isinstance(self.layers, str) and self.layers != "all":
+            raise ConfigError(f"interventions.patching.layers must be a list of hook names, \"all\" or null; got "
+                              f"{self.layers!r}")
+
+    def data_fields(self) -> dict:
+        """The fields that decide the map: a resumed patching run must match them. `pairs` is not one: a pair's result
+        does not depend on how many there are, so raising it only runs the new pairs (the map uses the first `pairs`)."""
+        return {"candidates": self.candidates, "max_overlap": self.max_overlap,
+                "layers": self.layers, "steps": list(self.steps), "views": list(self.views)}
 
 
 @dataclass(frozen=True)
@@ -75,6 +125,7 @@ class InterventionConfig:
     chosen: dict[str, float] = state(dict, by="the calibration (interventions.calibrate)")  # "task/method" -> strength, set by the calibration
     closed_form_units: str = "standardised"  # the closed form's minimal edit in the probe's standardised or raw units
     max_images: int | None = None  # None: every test image; else the first N (quick looks)
+    patching: PatchingConfig | None = None  # the activation-patching map on training pairs (off: None)
     # success = moved AND intact (docs/interventions.md, "Integrity"); fixed before any edit is scored
     success_dice: float = 0.5  # saliency moved: Dice(new mask, target) at least this
     success_depth_gain: float = 0.1  # depth moved: RMSE to the target down by at least this (standardised units)
@@ -96,9 +147,12 @@ class InterventionConfig:
             raise ConfigError("interventions.random_reference must be 'closed-form' or 'paper'")
         if isinstance(self.targets, dict):
             self.targets = TargetSpec(**self.targets)
+        if isinstance(self.patching, dict):  # dataclasses.asdict of a config, as the Ray actors get it
+            self.patching = PatchingConfig(**self.patching)
         for name in ("saliency_hooks", "depth_hooks"):
-            if isinstance(getattr(self, name), str) and getattr(self, name) != "all":
-                raise ConfigError(f"interventions.{name} must be a list of hook names, \"all\" or null; got {getattr(self, name)!r}")
+            if isinstance(getattr(self, name), str) and getattr(self, name) not in ("all", CAUSAL):
+                raise ConfigError(f"interventions.{name} must be a list of hook names, \"all\", \"causal\" (from the "
+                                  f"patching map) or null; got {getattr(self, name)!r}")
         strengths = self.strength if isinstance(self.strength, dict) else {t: self.strength for t in TASKS}
         _check_tasks("strength", strengths)
         if not all(_positive(v) for v in strengths.values()):

@@ -18,6 +18,7 @@ from workflows.ray.pool import ActorPool, pool_size
 from workflows.ray.session import ensure_ray
 from workflows.stages.edit_units import (Unit, Worker, colour_check_for, gather_inputs, load_labelers, run_unit,
                                          store_sink)
+from workflows.stages.causal import resolve_causal
 from workflows.stages.interventions import UnitRunner
 from workflows.stages.shard import load
 from workflows.store import load_run_config
@@ -35,7 +36,7 @@ class InterventionActor:
 
         if cpu_threads:  # a fixed thread count: results do not depend on which actor ran a unit
             torch.set_num_threads(cpu_threads)
-        config = InterventionConfig(**cfg)
+        config = resolve_causal(output, InterventionConfig(**cfg))  # `hooks: causal`: the map's layers and steps
         inputs = gather_inputs(output, config)
         model = load(load_run_config(output), device="auto")
         labelers = labelers or load_labelers(output, config.tasks, labeler_specs, device=str(model.device))

@@ -25,6 +25,7 @@ from workflows.report.findings import (BEYOND, CONSTANT, HEADLINE, beyond_text_a
                                        curve_series, is_constant_row, margin_text, select_hook, signed, step_text,
                                        step_zero_text, verdict)
 from workflows.report.figures import Series, depth_image, heatmap_svg, line_chart_svg, mask_image, png_bytes
+from workflows.report.patching import patching_section
 from workflows.stages.grid import load_probe
 from workflows.stages.grid_data import prepare_grid_data
 from workflows.store import open_store, read_file, read_manifest, read_table, stored_config
@@ -405,6 +406,7 @@ def build_report(output: str, examples: int = 4, out: str | None = None) -> Path
     finding(page, probes)
     predictions(page, probes, cfg, examples)
     interventions(page, cfg, examples)
+    page.parts.append(patching_section(output))
     animation(page)
     tables(page, probes)
     title = f"sceneprobe report: {html.escape(str((cfg or {}).get('model', output)))}"

@@ -28,7 +28,7 @@ from probes.linear import LinearProbe
 from probes.integrity import background_distance, feature_distance, moved_region, object_distance
 from probes.metrics import DepthScaler
 from probes.targets import draw_translations, make_targets
-from workflows.config import EXTRAS, InterventionConfig, default_hooks
+from workflows.config import CAUSAL, EXTRAS, InterventionConfig, default_hooks
 from workflows.stages.edits import METRIC, EditStats, ProbeTable, run_edits, score, standardise
 from workflows.stages.grid import load_probe, prepare_grid_data, read_metrics
 from workflows.stages.labels import load_labeler
@@ -177,6 +177,8 @@ def gather_inputs(output: str, cfg: InterventionConfig) -> StageInputs:
     if "test" not in plan.splits:
         raise UserError(f"{output!r} has an empty test split: interventions edit test images only; make a run with "
                         "test images (test_fraction > 0, or a test prompts file)")
+    if CAUSAL in (cfg.hooks(t) for t in cfg.tasks):  # the map's layers and steps: workflows.stages.causal
+        raise ValueError("hooks: causal must be resolved (workflows.stages.causal.resolve_causal) before the units")
     layout = load_layout(output)
     unet = [h for h in layout.acts if h not in EXTRAS]
     hooks = {t: list(unet if cfg.hooks(t) == "all" else cfg.hooks(t) or default_hooks(t, unet)) for t in cfg.tasks}

@@ -16,6 +16,7 @@ from probes.metrics import bootstrap_ci
 from workflows.config import InterventionConfig
 from workflows.stages.edit_units import (StageInputs, Unit, Worker, calibration_units, colour_check_for, gather_inputs,
                                          load_labelers, make_units, read_unedited, run_unit, store_sink)
+from workflows.stages.causal import resolve_causal
 from workflows.stages.edits import METRIC
 from workflows.stages.shard import load
 from workflows.store import Records, load_run_config, open_store, read_file, remove_file, write_atomic, write_table
@@ -153,7 +154,8 @@ def run_interventions(output: str, cfg: InterventionConfig | None = None, *, run
                       fresh: bool = False, stream=None, **local) -> InterventionResult:
     """The interventions stage on a generated, labelled and probed run; resumable (finished units are skipped).
 
-    1. gather the test images, labels and probes, and check (or record) the stage's settings;
+    1. `hooks: causal` resolved from the patching map (made on training pairs); gather the test images, labels and
+       probes, and check (or record) the stage's settings;
     2. calibration (when `calibrate` is set): every candidate strength on training images, the best kept per method;
     3. the test units at the chosen strengths;
     4. metrics.parquet and summary.parquet from every test unit's rows.
@@ -161,8 +163,8 @@ def run_interventions(output: str, cfg: InterventionConfig | None = None, *, run
     `run_units(units, on_done, on_failed)` executes units and reports each (`workflows.ray.interventions` passes
     an actor pool's); default: `local_runner(output, cfg, inputs, **local)`, in this process."""
     stream = stream or sys.stderr
-    cfg = cfg or InterventionConfig()
-    inputs = gather_inputs(output, cfg)  # 1.
+    cfg = resolve_causal(output, cfg or InterventionConfig(), stream)  # 1.
+    inputs = gather_inputs(output, cfg)
     prepare_store(output, cfg, inputs, fresh=fresh)
     run_units = run_units or local_runner(output, cfg, inputs, **local)
     records = unit_records(output)

@@ -17,6 +17,8 @@ docs/store.md):
                               metrics.parquet the grid's table; probes/captions.safetensors the caption embeddings
     interventions/records/... an intervention unit's completion record; config.json, metrics.parquet,
                               summary.parquet, calibration.parquet/.json, moving_object.gif beside them
+    interventions/patching/records/<image>.json  a patching pair's completion record; patching.parquet (the map) and
+                              patching_cells.parquet beside interventions/metrics.parquet
     variants/<name>/          a control model's run (the permuted-weights U-Net), laid out like this one
     manifest.parquet          one row per image: image, prompt, seed, split, shard, status
     config.yaml               the run config, written last when the store is created

@@ -13,6 +13,7 @@ VARIANTS = "variants"  # variants/<name>/: a control model's run, laid out like 
 SHARD_RECORDS = "shards"  # shards/<shard:06d>.json (and .failed.json)
 PROBE_ROWS = "probes/rows"  # probes/rows/<variant>/<hook>/<step>.json: a probe group's metric rows
 INTERVENTION_RECORDS = "interventions/records"  # interventions/records/<unit key>.json
+PATCHING_RECORDS = "interventions/patching/records"  # interventions/patching/records/<image:06d>.json: a pair's rows
 
 PROBE_METRICS = "probes/metrics.parquet"
 CAPTION_EMBEDDINGS = "probes/captions.safetensors"  # image (image,) int64, embedding (image, d): the caption control's
@@ -23,6 +24,9 @@ INTERVENTION_SUMMARY = f"{INTERVENTIONS}/summary.parquet"
 CALIBRATION = "calibration"  # the calibration's records folder and table name
 CALIBRATION_TABLE = f"{INTERVENTIONS}/{CALIBRATION}.parquet"
 CALIBRATION_CHOICE = f"{INTERVENTIONS}/{CALIBRATION}.json"
+PATCHING_CONFIG = f"{INTERVENTIONS}/patching/config.json"  # the settings the map was made with
+PATCHING_MAP = f"{INTERVENTIONS}/patching.parquet"  # one row per (view, hook, step): the causal-effect map
+PATCHING_CELLS = f"{INTERVENTIONS}/patching_cells.parquet"  # one row per (pair, view, hook, step): each patched image
 MOVING_OBJECT_GIF = f"{INTERVENTIONS}/moving_object.gif"
 REPORT = "report/index.html"
 
