@@ -331,8 +331,8 @@ def main() -> None:
     gpu.add_argument("--fit-images", type=int, default=246, help="training images per probe (the paper's 246)")
     gpu.add_argument("--test-images", type=int, default=40)
     gpu.add_argument("--fit-modes", nargs="*", choices=("ours", "paper"), default=["ours", "paper"])
-    gpu.add_argument("--captures", nargs="+", default=["zstd:4", "none:4", "zstd:1"],
-                     help="captures to run side by side, each COMPRESSION:WRITER_THREADS[:FOLDER] (zstd or none)")
+    gpu.add_argument("--captures", nargs="+", default=["lz4:4", "none:4", "zstd:4"],
+                     help="captures to run side by side, each COMPRESSION:WRITER_THREADS[:FOLDER] (lz4, zstd or none)")
     gpu.add_argument("--tmp", default=None, help="folder for the temporary Zarr store (default: the system's)")
     gpu.add_argument("--json", default=None, help="also write the result here")
     gpu.set_defaults(func=cmd_gpu)
@@ -341,7 +341,7 @@ def main() -> None:
     wr.add_argument("--batches", type=int, default=3)
     wr.add_argument("--steps", type=int, default=15)
     wr.add_argument("--threads", type=int, default=4)
-    wr.add_argument("--compression", nargs="+", choices=("zstd", "none"), default=["none", "zstd"])
+    wr.add_argument("--compression", nargs="+", choices=("lz4", "zstd", "none"), default=["none", "lz4", "zstd"])
     wr.add_argument("--tmp", default=None)
     wr.set_defaults(func=cmd_writer)
     args = parser.parse_args()

@@ -45,7 +45,7 @@ def test_unknown_key_names_it_and_lists_valid_keys(tmp_path):
     ("shard_size: 0\n", "shard_size must be >= 1"),
     ("shard_size: 6\nbatch_size: 4\n", "must be >= 1 and divide shard_size"),
     ("steps: fifteen\n", "steps: expected an integer"),
-    ("compression: lz4\n", "compression: 'lz4' is not one of zstd, none"),
+    ("compression: brotli\n", "compression: 'brotli' is not one of lz4, zstd, none"),
     ("extras: [latent, noise]\n", "extras: 'noise' is not one of"),
     ("prompts: {source: file}\n", "needs prompts.path, or both prompts.train and prompts.test"),
     ("num_images: null\n", "num_images is required with prompts.source 'toy'"),

@@ -15,7 +15,7 @@ def test_run_chains_every_stage_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "configs/toy.yaml", "--output", str(out), *ARGS]) == 0
     metrics = pq.read_table(out / "probes" / "metrics.parquet").to_pylist()
-    assert {r["variant"] for r in metrics} == {"ldm", "permuted", "shuffled", "position"}
+    assert {r["variant"] for r in metrics} == {"ldm", "permuted", "shuffled", "position", "caption"}
     assert {r["hook"] for r in metrics if r["variant"] == "ldm"} >= {"up_1_0", "latent"}
     summary = pq.read_table(out / "interventions" / "summary.parquet").to_pylist()
     assert {(r["task"], r["method"]) for r in summary} == {

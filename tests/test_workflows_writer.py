@@ -64,7 +64,9 @@ def test_host_staging_copies_numpy_and_cpu_tensors_with_casts():
         np.testing.assert_allclose(dst, x, atol=tol * 4, rtol=tol)
 
 
-@pytest.mark.parametrize("compressors", [None, zarr.codecs.ZstdCodec(level=1)])
+@pytest.mark.parametrize("compressors", [None, zarr.codecs.ZstdCodec(level=1),
+                                         zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),
+                                         zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")])
 def test_direct_shard_files_are_byte_identical_to_zarrs(tmp_path, compressors):
     steps = np.random.default_rng(2).normal(size=(5, 3, 4, 4, 8)).astype(np.float16)  # (step, batch, h, w, c)
     root = zarr.open_group(str(tmp_path), mode="w")

@@ -95,7 +95,7 @@ class RunConfig:
     output: str = "runs/toy"  # a local path or an fsspec URL (s3://bucket/run, gs://...)
     shard_size: int = 8  # images per work shard (the unit of scheduling, retry and resume)
     batch_size: int = 4  # images per generate() call and per store chunk; must divide shard_size
-    compression: str = "zstd"  # "zstd" or "none"
+    compression: str = "lz4"  # "lz4" (Blosc lz4, bit-shuffled), "zstd" (level 1) or "none": docs/store.md
     # how it runs (may change on resume)
     actors: int | None = None  # None: one per GPU, or one per `cpus_per_actor` CPUs without GPUs
     gpus_per_actor: float = 1.0
@@ -116,7 +116,7 @@ STAGE_SECTIONS = ("labels.", "probes.", "interventions", "stages")
 
 _CHOICES = {
     "prompts.source": ("toy", "file"),
-    "compression": ("zstd", "none"),
+    "compression": ("lz4", "zstd", "none"),
     "extras": EXTRAS,
     "probes.targets": TARGETS,
     "probes.mode": ("ours", "paper"),

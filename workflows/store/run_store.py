@@ -122,10 +122,19 @@ def check_output(cfg: RunConfig, resume: bool) -> bool:
     return False
 
 
+# `compression` -> the codec of every image and activation chunk (docs/store.md, "Compression": lz4 with bit-shuffle
+# stores the toy run's fp16 activations at 0.88 of raw at 1.1 GB/s per core, zstd-1 at 0.92 and 0.9 GB/s)
+COMPRESSORS = {
+    "lz4": lambda: zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),
+    "zstd": lambda: zarr.codecs.ZstdCodec(level=1),
+    "none": lambda: None,
+}
+
+
 def create_store(cfg: RunConfig, plan: Plan, layout: Layout) -> None:
     """Create every array (filled lazily: unwritten chunks read as NaN/0), the manifest, then config.yaml last."""
     n, b, steps = len(plan), cfg.batch_size, layout.steps
-    compressors = zarr.codecs.ZstdCodec(level=1) if cfg.compression == "zstd" else None
+    compressors = COMPRESSORS[cfg.compression]()
     meta = {"config": to_dict(cfg), "layout": layout.to_json(), "format": FORMAT}
     root = zarr.open_group(_zarr_store(cfg.output), mode="w", attributes={"sceneprobe": meta})
     h, w = layout.image

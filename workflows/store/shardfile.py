@@ -16,17 +16,22 @@ from typing import Any
 import google_crc32c
 import numpy as np
 import zarr
-from numcodecs import Zstd
-from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+from numcodecs import Blosc, Zstd
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 
 LITTLE = BytesCodec(endian="little")
 
 
-def direct_compressor(arr: zarr.Array) -> Zstd | None | bool:
+Compressor = Zstd | Blosc
+
+
+def direct_compressor(arr: zarr.Array) -> Compressor | None | bool:
     """The inner-chunk compressor of `arr` if its shards can be written directly (None: uncompressed), else False.
 
     Direct writing needs: one sharding codec, index at the end encoded as little-endian bytes + CRC32C, inner codecs
-    little-endian bytes optionally followed by Zstd, inner chunks `(batch, 1, ...)` of shards `(batch, steps, ...)`."""
+    little-endian bytes optionally followed by Zstd or Blosc, inner chunks `(batch, 1, ...)` of shards
+    `(batch, steps, ...)`. Blosc gets the array's item size as its typesize, as Zarr's BloscCodec evolves it, so
+    its shuffles group the same bytes and the encoded chunks are Zarr's own."""
     codecs = arr.metadata.codecs
     if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
         return False
@@ -40,10 +45,15 @@ def direct_compressor(arr: zarr.Array) -> Zstd | None | bool:
         return None
     if len(inner) == 2 and inner[0] == LITTLE and isinstance(inner[1], ZstdCodec):
         return Zstd(level=inner[1].level, checksum=inner[1].checksum)
+    if len(inner) == 2 and inner[0] == LITTLE and isinstance(inner[1], BloscCodec):
+        blosc = inner[1]
+        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+        return Blosc(cname=blosc.cname.value, clevel=blosc.clevel, shuffle=shuffle[blosc.shuffle.value],
+                     blocksize=blosc.blocksize, typesize=arr.dtype.itemsize)
     return False
 
 
-def encode_shard(steps: np.ndarray, compressor: Zstd | None) -> list[Any]:
+def encode_shard(steps: np.ndarray, compressor: Compressor | None) -> list[Any]:
     """The byte parts of one shard from `steps (step, batch, h, w, c)`: each step's inner chunk, then the index.
 
     Uncompressed chunks are memoryviews of `steps` (no copy)."""
@@ -62,7 +72,8 @@ def encode_shard(steps: np.ndarray, compressor: Zstd | None) -> list[Any]:
     return parts
 
 
-def write_shard(fs: Any, root: str, arr: zarr.Array, shard: int, steps: np.ndarray, compressor: Zstd | None) -> None:
+def write_shard(fs: Any, root: str, arr: zarr.Array, shard: int, steps: np.ndarray,
+                compressor: Compressor | None) -> None:
     """Write shard number `shard` (along images) of `arr` from `steps (step, batch, h, w, c)` under `root`."""
     key = arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
     path = posixpath.join(root, arr.path, key)
