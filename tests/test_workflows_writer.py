@@ -13,7 +13,7 @@ import zarr
 from synthetic_run import C, H, STEPS, W, h, w
 from workflows.config import PromptsConfig, RunConfig
 from workflows.store import Plan
-from workflows.store.shardfile import direct_compressor, write_shard
+from workflows.store.shardfile import direct_encoding, write_shard
 from workflows.store.staging import HostStaging
 from workflows.store import Layout, ShardWriter, create_store, open_store
 
@@ -64,8 +64,13 @@ def test_host_staging_copies_numpy_and_cpu_tensors_with_casts():
         np.testing.assert_allclose(dst, x, atol=tol * 4, rtol=tol)
 
 
-@pytest.mark.parametrize("compressors", [None, zarr.codecs.ZstdCodec(level=1),
+CRC = zarr.codecs.Crc32cCodec()
+
+
+@pytest.mark.parametrize("compressors", [None, zarr.codecs.ZstdCodec(level=1), (CRC,),
+                                         (zarr.codecs.ZstdCodec(level=1), CRC),
                                          zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),
+                                         (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), CRC),
                                          zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")])
 def test_direct_shard_files_are_byte_identical_to_zarrs(tmp_path, compressors):
     steps = np.random.default_rng(2).normal(size=(5, 3, 4, 4, 8)).astype(np.float16)  # (step, batch, h, w, c)
@@ -73,9 +78,10 @@ def test_direct_shard_files_are_byte_identical_to_zarrs(tmp_path, compressors):
     kw = dict(shape=(9, 5, 4, 4, 8), shards=(3, 5, 4, 4, 8), chunks=(3, 1, 4, 4, 8), dtype="float16",
               fill_value=np.nan, compressors=compressors)
     ours, theirs = root.create_array("ours", **kw), root.create_array("theirs", **kw)
-    compressor = direct_compressor(ours)
-    assert compressor is not False and (compressor is None) == (compressors is None)
-    write_shard(fsspec.filesystem("file"), str(tmp_path), ours, 1, steps, compressor)
+    encoding = direct_encoding(ours)
+    assert encoding is not None and encoding.checksum == (isinstance(compressors, tuple) and CRC in compressors)
+    assert (encoding.compressor is None) == (compressors is None or compressors == (CRC,))
+    write_shard(fsspec.filesystem("file"), str(tmp_path), ours, 1, steps, encoding)
     theirs[3:6] = steps.swapaxes(0, 1)
     assert (tmp_path / "ours/c/1/0/0/0/0").read_bytes() == (tmp_path / "theirs/c/1/0/0/0/0").read_bytes()
     got = zarr.open_group(str(tmp_path), mode="r")["ours"]
@@ -89,8 +95,8 @@ def test_layouts_not_known_to_shardfile_are_left_to_zarr(tmp_path):
     two_steps = root.create_array("two", shape=(4, 2, 3), shards=(2, 2, 3), chunks=(2, 2, 3), dtype="float16")
     gzip = root.create_array("gzip", shape=(4, 2, 3), shards=(2, 2, 3), chunks=(2, 1, 3), dtype="float16",
                              compressors=zarr.codecs.GzipCodec())
-    assert direct_compressor(plain) is False and direct_compressor(two_steps) is False
-    assert direct_compressor(gzip) is False
+    assert direct_encoding(plain) is None and direct_encoding(two_steps) is None
+    assert direct_encoding(gzip) is None
 
 
 @pytest.mark.parametrize("threads", [1, 3])

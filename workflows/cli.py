@@ -66,6 +66,13 @@ def cmd_animate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Every chunk of the run (and its variants) through its checksum; exit 1 if any is damaged."""
+    from workflows.store.verify import verify
+
+    return 1 if verify(args.run, args.dry_run) else 0
+
+
 def cmd_findings(args: argparse.Namespace) -> int:
     """The headline comparison of a probed run, as Markdown (and the curves as SVG with --svg)."""
     from workflows.report.findings import format_findings, write_finding_charts
@@ -141,6 +148,10 @@ def add_run_commands(sub) -> None:
     status = sub.add_parser("status", help="show a run's shard states")
     status.add_argument("run", help="a run's output location, or its config file")
     status.set_defaults(func=status_command)
+    verify = sub.add_parser("verify", help="check every stored chunk's checksum; mark damaged shards for --resume")
+    verify.add_argument("run", help="a run's output location")
+    verify.add_argument("--dry-run", action="store_true", help="list damaged chunks without marking their shards")
+    verify.set_defaults(func=cmd_verify)
 
 
 def add_tool_commands(sub) -> None:

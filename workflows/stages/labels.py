@@ -22,6 +22,7 @@ from workflows.config import TARGETS, RunConfig
 from workflows.store import (Records, completion_records, load_run_config, open_store, require_run, shard_ranges,
                              take_images)
 from workflows.store.paths import label_records, labels, shard_key
+from workflows.store.run_store import checksummed
 
 
 def load_labeler(target: str, kind: str = "toy", checkpoint: str | None = None, device: str = "cpu",
@@ -37,7 +38,7 @@ def labelled_shards(output: str, target: str) -> set[int]:
     return {int(key) for key in Records(output, label_records(target)).done()}
 
 
-def _label_array(root, target: str, labeler: Labeler, n: int, height: int, width: int, chunk: int):
+def _label_array(root, target: str, labeler: Labeler, n: int, height: int, width: int, chunk: int, compression: str):
     path = labels(target)
     if path in root:
         arr = root[path]
@@ -51,6 +52,7 @@ def _label_array(root, target: str, labeler: Labeler, n: int, height: int, width
     return root.create_array(
         path, shape=(n, height, width), chunks=(chunk, height, width), dtype="float32", fill_value=np.nan,
         dimension_names=("image", "y", "x"), attributes={"labeler": labeler.name, "version": labeler.version},
+        compressors=checksummed(compression),
     )
 
 
@@ -64,7 +66,7 @@ def label_shards(output: str, target: str, labeler: Labeler, shards: Sequence[in
     root = open_store(output, mode="r+")
     images = root["images"]
     n, height, width = images.shape[:3]
-    array = _label_array(root, target, labeler, n, height, width, cfg.shard_size)
+    array = _label_array(root, target, labeler, n, height, width, cfg.shard_size, cfg.compression)
     ranges = shard_ranges(n, cfg.shard_size)
     ready = set(completion_records(output)) - labelled_shards(output, target)
     todo = sorted(ready if shards is None else ready & set(shards))

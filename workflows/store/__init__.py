@@ -23,6 +23,10 @@ docs/store.md):
     manifest.parquet          one row per image: image, prompt, seed, split, shard, status
     config.yaml               the run config, written last when the store is created
 
+Every image, activation and label chunk is stored as `compression` (lz4 by default) followed by its CRC32C, and
+each activation shard's index carries one too: a flipped byte is a `DamagedChunkError` naming the array and the
+images, never data (`sceneprobe verify RUN` finds them all and takes their shards back for `--resume`).
+
 Activations use Zarr sharding: one Zarr shard (one object) per batch of `batch_size` images holds every step, as inner
 chunks `(batch_size, 1, h, w, c)`. One (hook, step) for all images is one contiguous byte range per batch; a batch is
 written whole, once. `batch_size` divides `shard_size`, so no Zarr shard is ever shared by two work shards: each work

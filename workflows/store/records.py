@@ -48,6 +48,11 @@ class Records:
         write_atomic(self.output, f"{self.folder}/{key}{DONE}", json.dumps(record, indent=indent, default=float).encode())
         remove_file(self.output, f"{self.folder}/{key}{FAILED}")
 
+    def unpublish(self, key: str, reason: object) -> None:
+        """Take a published unit back (its outputs were found damaged): it is failed until it runs again."""
+        self.fail(key, reason)
+        remove_file(self.output, f"{self.folder}/{key}{DONE}")
+
     def fail(self, key: str, record: object) -> None:
         write_atomic(self.output, f"{self.folder}/{key}{FAILED}", json.dumps(record, indent=1).encode())
 

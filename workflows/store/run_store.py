@@ -125,16 +125,22 @@ def check_output(cfg: RunConfig, resume: bool) -> bool:
 # `compression` -> the codec of every image and activation chunk (docs/store.md, "Compression": lz4 with bit-shuffle
 # stores the toy run's fp16 activations at 0.88 of raw at 1.1 GB/s per core, zstd-1 at 0.92 and 0.9 GB/s)
 COMPRESSORS = {
-    "lz4": lambda: zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),
-    "zstd": lambda: zarr.codecs.ZstdCodec(level=1),
-    "none": lambda: None,
+    "lz4": lambda: (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),),
+    "zstd": lambda: (zarr.codecs.ZstdCodec(level=1),),
+    "none": lambda: (),
 }
+
+
+def checksummed(compression: str) -> tuple:
+    """The byte codecs of a chunk: the run's compression, then a CRC32C of the stored bytes (a flipped byte is a
+    checksum error naming the array and chunk, never data: `read_checked`)."""
+    return (*COMPRESSORS[compression](), zarr.codecs.Crc32cCodec())
 
 
 def create_store(cfg: RunConfig, plan: Plan, layout: Layout) -> None:
     """Create every array (filled lazily: unwritten chunks read as NaN/0), the manifest, then config.yaml last."""
     n, b, steps = len(plan), cfg.batch_size, layout.steps
-    compressors = COMPRESSORS[cfg.compression]()
+    compressors = checksummed(cfg.compression)
     meta = {"config": to_dict(cfg), "layout": layout.to_json(), "format": FORMAT}
     root = zarr.open_group(_zarr_store(cfg.output), mode="w", attributes={"sceneprobe": meta})
     h, w = layout.image
@@ -165,17 +171,33 @@ def open_store(output: str, mode: str = "r") -> zarr.Group:
     return zarr.open_group(_zarr_store(output), mode=mode)
 
 
+class DamagedChunkError(UserError):
+    """A stored chunk failed its CRC32C: its bytes changed after they were written."""
+
+
+def is_checksum_error(err: Exception) -> bool:
+    return isinstance(err, ValueError) and "checksum do not match" in str(err)
+
+
 def take_images(array: zarr.Array, images: np.ndarray, *index: Any) -> np.ndarray:
     """`array[images, *index]` for integer image indices along the first axis: one contiguous read of the range they
     span when they fill at least half of it, Zarr's orthogonal selection otherwise (with an index array it read the
-    toy grid's activations 3x slower than a slice of the same chunks)."""
+    toy grid's activations 3x slower than a slice of the same chunks). A chunk whose checksum fails is a
+    `DamagedChunkError` naming the array and the images, never data."""
     images = np.asarray(images, np.int64)
-    if len(images) == 0:
-        return array.get_orthogonal_selection((images, *index))
-    lo, hi = int(images.min()), int(images.max()) + 1
-    if hi - lo > 2 * len(images):
-        return array.get_orthogonal_selection((images, *index))
-    block = np.asarray(array[(slice(lo, hi), *index)])
+    try:
+        if len(images) == 0:
+            return array.get_orthogonal_selection((images, *index))
+        lo, hi = int(images.min()), int(images.max()) + 1
+        if hi - lo > 2 * len(images):
+            return array.get_orthogonal_selection((images, *index))
+        block = np.asarray(array[(slice(lo, hi), *index)])
+    except ValueError as err:
+        if not is_checksum_error(err):
+            raise
+        raise DamagedChunkError(f"{array.path}: a stored chunk of images {int(images.min())}-{int(images.max())} is "
+                                "damaged (its checksum does not match); run `sceneprobe verify RUN` to find every "
+                                "damaged shard, then `--resume` to regenerate them") from None
     return block if np.array_equal(images, np.arange(lo, hi)) else block[images - lo]
 
 

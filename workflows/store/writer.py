@@ -14,7 +14,7 @@ import zarr
 from workflows.store.files import filesystem
 from workflows.store.paths import IMAGES, STORE, activations, shard_key
 from workflows.store.run_store import open_store, shard_records
-from workflows.store.shardfile import direct_compressor, write_shard
+from workflows.store.shardfile import direct_encoding, write_shard
 from workflows.store.staging import HostStaging, is_cuda
 
 
@@ -45,7 +45,7 @@ class ShardWriter:
         self._filled: dict[str, set[int]] = {}
         self._start: int | None = None
         self._staging = HostStaging()
-        self._compressors: dict[str, Any] = {}  # name -> shardfile.direct_compressor (False: through Zarr)
+        self._encodings: dict[str, Any] = {}  # name -> shardfile.direct_encoding (None: through Zarr)
         self._fs, root = filesystem(output)
         self._store_root = posixpath.join(root, STORE)
         self._pool: dict[tuple, list[np.ndarray]] = {}  # written batch buffers by (shape, dtype, pinned)
@@ -120,8 +120,8 @@ class ShardWriter:
             # step-major, so each step's slice is contiguous: the target of one device-to-host copy
             self._buffers[name] = self._buffer((arr.shape[1], act.shape[0], *arr.shape[2:]), arr.dtype, act)
             self._filled[name] = set()
-            if name not in self._compressors:
-                self._compressors[name] = direct_compressor(arr) if self.direct else False
+            if name not in self._encodings:
+                self._encodings[name] = direct_encoding(arr) if self.direct else None
         self._staging.copy(self._buffers[name][1][step], act)
         self._filled[name].add(step)
 
@@ -139,9 +139,9 @@ class ShardWriter:
             if len(self._filled[name]) != arr.shape[1]:
                 raise RuntimeError(f"{name}: captured steps {sorted(self._filled[name])} of images from {self._start}; "
                                    f"expected all {arr.shape[1]} steps")
-            batch, compressor = arr.shards[0], self._compressors[name]
-            if compressor is not False and buf.shape[1] == batch and self._start % batch == 0:
-                self._put(write_shard, self._fs, self._store_root, arr, self._start // batch, buf, compressor,
+            batch, encoding = arr.shards[0], self._encodings[name]
+            if encoding is not None and buf.shape[1] == batch and self._start % batch == 0:
+                self._put(write_shard, self._fs, self._store_root, arr, self._start // batch, buf, encoding,
                           recycle=(key, buf))
             else:  # an edge batch, or a layout shardfile does not know
                 self._put(self._zarr_write, arr, (slice(self._start, self._start + buf.shape[1]),),
