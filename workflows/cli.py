@@ -12,11 +12,15 @@ def cmd_patch(args: argparse.Namespace) -> int:
     """The patching map alone (the intervene stage also runs it first when interventions.patching is set)."""
     from workflows.config import PatchingConfig, load_config
     from workflows.pipeline import patch
+    from workflows.store import require_run
+    from workflows.store.lease import Holding
 
     cfg = load_config(args.config, list(args.set) + ([f"output={args.output}"] if args.output else []))
     if cfg.interventions.patching is None:  # the subcommand asks for the map: the section's defaults
         cfg.interventions.patching = PatchingConfig()
-    ok = patch(cfg, not args.no_ray, args.address, args.fresh, sys.stderr)
+    require_run(cfg, "patch")  # before the lease: a missing run leaves no folder behind
+    with Holding(cfg.output):
+        ok = patch(cfg, not args.no_ray, args.address, args.fresh, sys.stderr)
     return 0 if ok else 1
 
 
@@ -68,9 +72,15 @@ def cmd_animate(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Every chunk of the run (and its variants) through its checksum; exit 1 if any is damaged."""
+    from workflows.store import load_run_config
+    from workflows.store.lease import Holding
     from workflows.store.verify import verify
 
-    return 1 if verify(args.run, args.dry_run) else 0
+    load_run_config(args.run)  # a folder without a run is one error, before a lease is written into it
+    if args.dry_run:
+        return 1 if verify(args.run, dry_run=True) else 0
+    with Holding(args.run):  # marking shards while a run writes them would race it
+        return 1 if verify(args.run) else 0
 
 
 def cmd_findings(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from workflows.stages.labels import label_run
 from workflows.stages.patching_stage import run_patching
 from workflows.stages.prompts import check_prompts
 from workflows.store import check_output, require_run
+from workflows.store.lease import Holding
 
 
 def check_before_start(cfg: RunConfig, stages: tuple[str, ...], resume: bool) -> None:
@@ -52,6 +53,13 @@ def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = STAGES, *, resume: bo
     if not stages:
         return None
     check_before_start(cfg, stages, resume)
+    with Holding(cfg.output, stream=stream) as lease:  # one run per output: a second one is refused by name
+        return run_stages(cfg, stages, resume, use_ray, address, fresh, stream, lease.check)
+
+
+def run_stages(cfg: RunConfig, stages: tuple[str, ...], resume: bool, use_ray: bool, address: str | None,
+               fresh: bool, stream: TextIO, still_ours) -> str | None:
+    """The stages, in order, while this run holds the output's lease (`still_ours()` raises once it does not)."""
     if use_ray:
         ensure_ray(address)  # one Ray session for every stage
 
@@ -63,20 +71,25 @@ def run_pipeline(cfg: RunConfig, stages: tuple[str, ...] = STAGES, *, resume: bo
         if not generate(cfg, resume=resume, run_shards=shards(cfg), stream=stream).ok:
             return "generate"
     # 2. Controls: the same prompts and seeds through the permuted-weights U-Net, into variants/.
+    still_ours()
     if "controls" in stages:
         if not all(r.ok for r in generate_controls(cfg, runner=shards, stream=stream).values()):
             return "controls"
     # 3. Label: pseudo-labels for every finished shard, per target.
+    still_ours()
     if "label" in stages:
         label_run(cfg, label_runner(cfg) if use_ray else None, stream=stream)
     # 4. Probe: the probe grid with its controls, scored on the test split.
+    still_ours()
     if "probe" in stages:
         probe_run(cfg, (lambda data: fit_groups_with_ray(cfg.output, data)) if use_ray else None, stream=stream)
     # 5. Intervene: the patching map on training pairs (when enabled), edits along the probes, re-labelled and scored;
     #    then the moving-object GIF.
+    still_ours()
     if "intervene" in stages and not intervene(cfg, use_ray, address, fresh, stream):
         return "intervene"
     # 6. Report: <output>/report/index.html from whatever stages have run.
+    still_ours()
     if "report" in stages:
         require_run(cfg, "report")
         print(f"report: {build_report(cfg.output)}", file=stream, flush=True)

@@ -22,6 +22,7 @@ docs/store.md):
     variants/<name>/          a control model's run (the permuted-weights U-Net), laid out like this one
     manifest.parquet          one row per image: image, prompt, seed, split, shard, status
     config.yaml               the run config, written last when the store is created
+    lease.json                the running owner (host, pid, heartbeat) while a run writes: workflows.store.lease
 
 Every image, activation and label chunk is stored as `compression` (lz4 by default) followed by its CRC32C, and
 each activation shard's index carries one too: a flipped byte is a `DamagedChunkError` naming the array and the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 STORE = "store.zarr"  # the Zarr group; records and tables sit beside it
 CONFIG = "config.yaml"  # the run config, written last when the store is created
+LEASE = "lease.json"  # the running owner of the output (workflows.store.lease)
 MANIFEST = "manifest.parquet"  # one row per image: image, prompt, seed, split, shard, status
 VARIANTS = "variants"  # variants/<name>/: a control model's run, laid out like this one
 

@@ -17,7 +17,7 @@ import zarr
 from ldm.errors import UserError
 from workflows.config import RunConfig, data_differences, dump_config, flatten, from_dict, to_dict
 from workflows.store.files import filesystem, is_local, read_file, read_table, write_atomic, write_table
-from workflows.store.paths import CONFIG, IMAGES, MANIFEST, SHARD_RECORDS, STORE, activations, shard_key
+from workflows.store.paths import CONFIG, IMAGES, LEASE, MANIFEST, SHARD_RECORDS, STORE, activations, shard_key
 from workflows.store.records import Records
 
 FORMAT = 1  # the store format this code writes and reads (attrs["sceneprobe"]["format"])
@@ -114,7 +114,7 @@ def check_output(cfg: RunConfig, resume: bool) -> bool:
     fs, root = filesystem(cfg.output)
     if fs.isfile(root):
         raise RunExistsError(f"output {cfg.output!r} is a file; give a folder (new or holding a run) instead")
-    if fs.exists(root) and fs.ls(root, detail=False):
+    if fs.exists(root) and [p for p in fs.ls(root, detail=False) if posixpath.basename(p) != LEASE]:
         attrs = read_file(cfg.output, f"{STORE}/zarr.json")
         # A store whose creation was interrupted (no config.yaml yet) is ours to recreate; anything else is not.
         if attrs is None or "sceneprobe" not in json.loads(attrs).get("attributes", {}):
