@@ -21,6 +21,7 @@ from ldm.errors import UserError
 from workflows.config import STAGES, load_config
 from workflows.pipeline import run_pipeline
 from workflows.store import completion_records, failure_records, load_run_config, shard_states
+from workflows.store.files import is_disk_full
 
 
 def print_status(run: str, stream: TextIO | None = None) -> dict[str, int]:
@@ -76,6 +77,17 @@ def exit_status(command, args: argparse.Namespace) -> int:
     The one place user errors are caught, for every subcommand of `sceneprobe` and for `python -m workflows.run`."""
     try:
         return command(args)
+    except KeyboardInterrupt:
+        # Ctrl-C: the actors go with the driver, every unit published so far is whole (completion records)
+        print("interrupted: every finished unit is kept; run the same command with --resume to continue",
+              file=sys.stderr)
+        return 130
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        print(f"error: no space left on device ({err.filename or 'a write'}); free space, then run the same command "
+              "with --resume: every finished unit is kept", file=sys.stderr)
+        return 2
     except UserError as err:
         if getattr(args, "debug", False):
             raise

@@ -3,6 +3,7 @@ file: small files and Parquet tables are written whole and published atomically.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import uuid
@@ -10,6 +11,8 @@ import uuid
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ldm.errors import UserError
 
 
 def filesystem(output: str):
@@ -20,6 +23,19 @@ def filesystem(output: str):
 def is_local(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
+
+
+class DiskFullError(UserError):
+    """The output's storage has no space left: stop at once (no retry frees space), keep what is finished."""
+
+
+def disk_full(output: str, what: str) -> DiskFullError:
+    return DiskFullError(f"the storage of {output} is full (no space left on device) while writing {what}; free "
+                         "space, then run the same command with --resume: every finished unit is kept")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def write_atomic(output: str, relpath: str, data: bytes) -> None:
@@ -39,6 +55,10 @@ def write_atomic(output: str, relpath: str, data: bytes) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except OSError as err:
+            if is_disk_full(err):
+                raise disk_full(output, relpath) from None
+            raise
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from workflows.store.files import filesystem
+from workflows.store.files import disk_full, filesystem, is_disk_full
 from workflows.store.paths import IMAGES, STORE, activations, shard_key
 from workflows.store.run_store import open_store, shard_records
 from workflows.store.shardfile import direct_encoding, write_shard
@@ -74,7 +74,8 @@ class ShardWriter:
                 if self._error is None:  # after a failure the rest of the shard is dropped; it will be retried
                     write(*args)
             except BaseException as err:  # noqa: BLE001 - handed to the producer thread, which raises it
-                self._error = self._error or err
+                # a full disk stops the run at once (a retry cannot free space), as one line naming the output
+                self._error = self._error or (disk_full(self.output, "activations") if is_disk_full(err) else err)
             finally:
                 if recycle is not None:
                     with self._pool_lock:
