@@ -26,13 +26,13 @@ def test_paper_plan_sizes(paper_cfg):
     assert per_image_step == 11_550_720 * 2  # fp16, paper-method.md: 11.55 M values per image per step
     assert 213e9 < sum(a.nbytes for a in acts) < 215e9  # "about 214 GB for 617 images"
     assert next(a for a in plan.arrays if a.name == "acts/down_0_0").shape == (617, 15, 64, 64, 320)
-    assert plan.probe_groups == 17 * 15 and plan.probes == 17 * 15 * 2 + 2
+    assert plan.probe_groups == 17 * 15 and plan.probes == (17 * 15 + 2) * 2  # + the position and caption controls
 
 
 def test_controls_double_the_store_and_costs_give_hours(paper_cfg):
     plain, full = plan_run(paper_cfg, variants=("ldm",)), plan_run(paper_cfg)
     assert full.total_bytes - plain.total_bytes == sum(a.nbytes for a in plain.arrays if a.name.startswith("acts/"))
-    assert full.probes == (2 * 17 * 15 + 17 * 15) * 2 + 2
+    assert full.probes == (2 * 17 * 15 + 17 * 15 + 2) * 2
     timed = plan_run(paper_cfg, variants=("ldm",), costs={"generate_s_per_image": 3.6, "fit_s_per_probe": 1.0})
     assert timed.hours["generate"] == pytest.approx(617 * 3.6 / 3600)
     assert "device-hours: generate 0.62" in format_plan(paper_cfg, timed)
@@ -49,4 +49,4 @@ def test_plan_command(paper_cfg, capsys, tmp_path):
 
     assert main(["plan", "configs/paper-sd14.yaml", "--set", f"output={tmp_path / 'run'}"]) == 0
     out = capsys.readouterr().out
-    assert "246 train + 371 test images" in out and "acts/up_3_2" in out and "probes: 1532 in 510" in out
+    assert "246 train + 371 test images" in out and "acts/up_3_2" in out and "probes: 1534 in 510" in out

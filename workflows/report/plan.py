@@ -70,7 +70,8 @@ def plan_run(cfg: RunConfig, variants: tuple[str, ...] = ("ldm", "permuted", "sh
     model_variants = [v for v in variants if v in ("ldm", "permuted")]
     groups = len(model_variants) * len(recorded) * cfg.steps
     shuffled = len(recorded) * cfg.steps if "shuffled" in variants else 0  # fit on the model's own slices
-    probes = (groups + shuffled) * len(TARGETS) + len(TARGETS)  # + the position-only baseline per target
+    feature_controls = 1 + ("caption" in cfg.probes.controls)  # the position control, and the caption control if asked
+    probes = (groups + shuffled + feature_controls) * len(TARGETS)
     plan = RunPlan(n_train, n - n_train, arrays, groups, probes, free_bytes=free_space(cfg.output))
     if costs:
         plan.hours = {
