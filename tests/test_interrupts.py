@@ -8,8 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
+from toy_runs import toy_config
 from workflows.cli import main
 from workflows.store import completion_records, load_run_config
 from workflows.store.verify import scan
@@ -17,20 +16,10 @@ from workflows.store.verify import scan
 REPO = Path(__file__).resolve().parents[1]
 
 
-def toy_config(tmp_path: Path, images: int = 4, steps: int = 1) -> tuple[str, Path]:
-    output = tmp_path / "out"
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": "toy", "steps": steps, "num_images": images, "test_fraction": 0.5, "hooks": ["mid_0", "up_3_2"],
-        "shard_size": 2, "batch_size": 2, "actors": 1, "progress_every": 0, "stages": ["generate"],
-        "output": str(output)}))
-    return str(config), output
-
-
 def test_a_full_disk_stops_the_run_with_one_line_and_resume_finishes_it(tmp_path, monkeypatch, capsys):
     import workflows.store.writer as writer
 
-    config, output = toy_config(tmp_path)
+    config, output = toy_config(tmp_path, hooks=["mid_0", "up_3_2"])
     real = writer.write_shard
 
     def fills_up(fs, root, arr, shard, *args):
@@ -49,7 +38,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_resume_finishes_it(tmp_path
 
 
 def test_ctrl_c_leaves_a_resumable_run_and_says_how_to_resume(tmp_path):
-    config, output = toy_config(tmp_path, images=12, steps=4)
+    config, output = toy_config(tmp_path, num_images=12, steps=4, hooks=["mid_0", "up_3_2"])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "workflows.cli", "generate", config, "--no-ray"], cwd=REPO,
                             env=env, stderr=subprocess.PIPE, text=True)

@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
-import yaml
 
+from toy_runs import toy_config
 from workflows.store.lease import EXPIRY_S, Holding, LeaseHeldError, LeaseLost, acquire, read_lease, release
 
 
@@ -70,15 +70,11 @@ def test_holding_beats_releases_and_notices_a_takeover(tmp_path):
 def test_a_second_run_on_a_busy_output_is_one_error_line(tmp_path, capsys):
     from workflows.cli import main
 
-    config = tmp_path / "run.yaml"
-    output = tmp_path / "out"
-    config.write_text(yaml.safe_dump({
-        "model": "toy", "steps": 1, "num_images": 2, "test_fraction": 0.5, "hooks": ["mid_0"], "shard_size": 2,
-        "batch_size": 2, "actors": 1, "progress_every": 0, "stages": ["generate"], "output": str(output)}))
+    config, output = toy_config(tmp_path, num_images=2)
     plant(str(output))
-    assert main(["generate", str(config), "--no-ray"]) == 2
+    assert main(["generate", config, "--no-ray"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: output") and "in use by another run" in err[0]
     plant(str(output), pid=dead_pid())  # its owner was killed: the next run takes over and finishes
-    assert main(["generate", str(config), "--no-ray"]) == 0
+    assert main(["generate", config, "--no-ray"]) == 0
     assert "taken over from pid" in capsys.readouterr().err and read_lease(str(output)) is None

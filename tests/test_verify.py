@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from synthetic_run import build, fake_labelers
+from toy_runs import toy_config
 from workflows.stages.labels import label_shards, labelled_shards, read_labels
 from workflows.store import completion_records, failure_records, open_store, take_images
 from workflows.store.run_store import DamagedChunkError
@@ -58,12 +58,8 @@ def test_every_flipped_byte_is_an_error_naming_the_array_and_verify_takes_its_sh
 def test_verify_then_resume_regenerates_the_damaged_shard_bit_for_bit(tmp_path, capsys):
     from workflows.cli import main
 
-    output = tmp_path / "out"
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": "toy", "steps": 1, "num_images": 4, "test_fraction": 0.5, "hooks": ["mid_0"], "shard_size": 2,
-        "batch_size": 2, "actors": 1, "progress_every": 0, "stages": ["generate"], "output": str(output)}))
-    assert main(["generate", str(config), "--no-ray"]) == 0
+    config, output = toy_config(tmp_path)
+    assert main(["generate", config, "--no-ray"]) == 0
     act = "acts/mid_0/act"
     before = np.asarray(open_store(str(output))[act][:])
     flip(shard_file(str(output), act, 1), 40)
@@ -71,7 +67,7 @@ def test_verify_then_resume_regenerates_the_damaged_shard_bit_for_bit(tmp_path, 
     assert main(["verify", str(output)]) == 1
     err = capsys.readouterr().err
     assert "damaged: " in err and "acts/mid_0/act images 2-3 (work shard 1)" in err and "--resume" in err
-    assert main(["generate", str(config), "--no-ray", "--resume"]) == 0
+    assert main(["generate", config, "--no-ray", "--resume"]) == 0
     np.testing.assert_array_equal(np.asarray(open_store(str(output))[act][:]), before)
     assert main(["verify", str(output)]) == 0
     assert main(["verify", str(tmp_path / "nothing")]) == 2
