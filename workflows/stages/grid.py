@@ -4,7 +4,9 @@ Work is grouped by (variant, hook, step): a group reads one `(image, h, w, c)` s
 target on it (plus the shuffled-label control for the model itself). Each finished group leaves its probe weights
 (`probes/weights/<variant>/<hook>/step<NN>.safetensors`) and then its metric rows (`probes/rows/...json`, written last:
 the group's completion record); `probes/metrics.parquet` is assembled from the rows, so a killed grid resumes by
-skipping groups that have rows. The Ray wrapper (`workflows.ray.tasks`) only schedules `fit_group` calls.
+skipping groups that have rows. The Ray wrapper (`workflows.ray.tasks`) only schedules `fit_group` calls. One
+probe's fit and scores: `grid_fit`, `grid_scores`; the feature controls (position, caption), fit beside the groups:
+`grid_controls`; the labels and splits every fit shares: `grid_data`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ SCHEMA = pa.schema(
        # per test image, in the grid's test order: the headline and the beyond-position metric (paired margins)
        ("per_image", pa.list_(pa.float64())), ("per_image_beyond", pa.list_(pa.float64()))]
 )
+
+
 @dataclass(frozen=True)
 class ProbeGroup:
     """The probes fit on one activation slice: `hook` at `step` of `variant`'s store."""
