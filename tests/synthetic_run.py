@@ -28,11 +28,11 @@ def fake_labelers() -> dict[str, Labeler]:
 
 
 def build(output: str, n_images: int = 24, shard_size: int = 4, complete_shards: list[int] | None = None,
-          seed: int = 0) -> RunConfig:
+          seed: int = 0, act_dtype: str = "float16") -> RunConfig:
     rng = np.random.default_rng(seed)
     cfg = RunConfig(model="synthetic", steps=STEPS, prompts=PromptsConfig(source="file", path="unused.csv"),
                     num_images=None, output=output, shard_size=shard_size, batch_size=shard_size, hooks=["good", "noise"],
-                    extras=[])
+                    extras=[], act_dtype=act_dtype)
     splits = ["test" if i % 3 == 0 else "train" for i in range(n_images)]
     plan = Plan([f"prompt {i}" for i in range(n_images)], list(range(n_images)), splits)
     create_store(cfg, plan, Layout({"good": (h, w, C), "noise": (h, w, C)}, (H, W), STEPS))

@@ -14,5 +14,6 @@ def toy_config(tmp_path: Path, **fields) -> tuple[str, Path]:
     """(config path, output folder) of a TINY run under `tmp_path`, with `fields` overriding it."""
     output = tmp_path / "out"
     config = tmp_path / "run.yaml"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump({**TINY, "output": str(output), **fields}))
     return str(config), output

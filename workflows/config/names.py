@@ -11,6 +11,7 @@ METHODS = ("paper", "closed-form", "random")  # edit methods (workflows.stages.e
 # probes.controls: model variants generated for comparison (`permuted`), and feature controls fit beside the grid
 # (`caption`; the position control is always fit: it is the reference of saliency beyond position)
 MODEL_CONTROLS = ("permuted",)
+ACT_DTYPES = ("float16", "bfloat16", "float8_e4m3")  # how activations are stored (workflows.store.act_dtype)
 FEATURE_CONTROLS = ("caption",)
 
-__all__ = ["EXTRAS", "FEATURE_CONTROLS", "METHODS", "MODEL_CONTROLS", "STAGES", "TARGETS"]
+__all__ = ["ACT_DTYPES", "EXTRAS", "FEATURE_CONTROLS", "METHODS", "MODEL_CONTROLS", "STAGES", "TARGETS"]

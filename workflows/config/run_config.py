@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from workflows.config.interventions import InterventionConfig
-from workflows.config.names import EXTRAS, FEATURE_CONTROLS, MODEL_CONTROLS, STAGES, TARGETS
+from workflows.config.names import ACT_DTYPES, EXTRAS, FEATURE_CONTROLS, MODEL_CONTROLS, STAGES, TARGETS
 from workflows.config.schema import ConfigError, flatten, to_dict
 
 @dataclass
@@ -96,6 +96,7 @@ class RunConfig:
     shard_size: int = 8  # images per work shard (the unit of scheduling, retry and resume)
     batch_size: int = 4  # images per generate() call and per store chunk; must divide shard_size
     compression: str = "lz4"  # "lz4" (Blosc lz4, bit-shuffled), "zstd" (level 1) or "none": docs/store.md
+    act_dtype: str = "float16"  # how activations are stored: float16, bfloat16, float8_e4m3 (half the bytes, scaled)
     # how it runs (may change on resume)
     actors: int | None = None  # None: one per GPU, or one per `cpus_per_actor` CPUs without GPUs
     gpus_per_actor: float = 1.0
@@ -117,6 +118,7 @@ STAGE_SECTIONS = ("labels.", "probes.", "interventions", "stages")
 _CHOICES = {
     "prompts.source": ("toy", "file"),
     "compression": ("lz4", "zstd", "none"),
+    "act_dtype": ACT_DTYPES,
     "extras": EXTRAS,
     "probes.targets": TARGETS,
     "probes.mode": ("ours", "paper"),

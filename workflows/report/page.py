@@ -28,7 +28,7 @@ from workflows.report.figures import Series, depth_image, heatmap_svg, line_char
 from workflows.report.patching import patching_section
 from workflows.stages.grid import load_probe
 from workflows.stages.grid_data import prepare_grid_data
-from workflows.store import open_store, read_file, read_manifest, read_table, stored_config
+from workflows.store import open_store, read_acts, read_file, read_manifest, read_table, stored_config
 from workflows.store.paths import (CALIBRATION_TABLE, INTERVENTION_METRICS, INTERVENTION_SUMMARY, MOVING_OBJECT_GIF,
                                    PROBE_METRICS, activations, edited_images)
 
@@ -229,7 +229,7 @@ def predictions(page: Page, rows: list[dict] | None, cfg: dict | None, examples:
             cells = [page.img(f"pred_{target}_{image}_image", store["images"][int(image)], f"image {image}"),
                      page.img(f"pred_{target}_{image}_label", _label_picture(target, labels[k], lo, hi), "label")]
             for s in picks:
-                act = np.asarray(store[activations(hook)][int(image), s], np.float32)[None]
+                act = np.asarray(read_acts(store, hook, np.array([int(image)]), s), np.float32)
                 pred = upsample_nearest(probes[s].predict(act), *labels.shape[1:])[0]
                 cells.append(page.img(f"pred_{target}_{image}_s{s}", _label_picture(target, pred, lo, hi),
                                       f"probe, step {s}"))

@@ -19,6 +19,7 @@ from workflows.config import TARGETS, RunConfig
 from workflows.stages.progress import format_bytes
 from workflows.stages.prompts import build_plan
 from workflows.store import FLOAT32_EXTRAS
+from workflows.store.act_dtype import STORED
 from workflows.store.paths import IMAGES, VARIANTS, labels
 
 
@@ -30,7 +31,7 @@ class ArrayPlan:
 
     @property
     def nbytes(self) -> int:
-        size = {"float16": 2, "float32": 4, "uint8": 1}[self.dtype]
+        size = {"float16": 2, "float32": 4, "int16": 2, "uint8": 1}[self.dtype]
         for n in self.shape:
             size *= n
         return size
@@ -64,8 +65,11 @@ def plan_run(cfg: RunConfig, variants: tuple[str, ...] = ("ldm", "permuted", "sh
         prefix = "" if variant == "ldm" else f"{VARIANTS}/{variant}/"
         for name in recorded:
             p = points[name]
-            dtype = "float32" if name in FLOAT32_EXTRAS else "float16"
-            arrays.append(ArrayPlan(f"{prefix}acts/{name}", (n, cfg.steps, p.height, p.width, p.channels), dtype))
+            act_dtype = "float32" if name in FLOAT32_EXTRAS else cfg.act_dtype
+            arrays.append(ArrayPlan(f"{prefix}acts/{name}", (n, cfg.steps, p.height, p.width, p.channels),
+                                    STORED.get(act_dtype, act_dtype)))
+            if act_dtype == "float8_e4m3":  # one float32 scale per (image, step, channel)
+                arrays.append(ArrayPlan(f"{prefix}acts/{name}/scale", (n, cfg.steps, p.channels), "float32"))
     arrays += [ArrayPlan(labels(t), (n, height, width), "float32") for t in TARGETS]
     model_variants = [v for v in variants if v in ("ldm", "permuted")]
     groups = len(model_variants) * len(recorded) * cfg.steps
@@ -94,11 +98,14 @@ def free_space(output: str) -> int | None:
 
 
 def format_plan(cfg: RunConfig, plan: RunPlan) -> str:
-    lines = [f"run: {cfg.model}, {plan.n_train} train + {plan.n_test} test images, {cfg.steps} steps -> {cfg.output}", ""]
+    lines = [f"run: {cfg.model}, {plan.n_train} train + {plan.n_test} test images, {cfg.steps} steps, activations as "
+             f"{cfg.act_dtype} -> {cfg.output}", ""]
     width = max(len(a.name) for a in plan.arrays)
     lines += [f"  {a.name:<{width}}  {str(a.shape):<28} {a.dtype:<8} {format_bytes(a.nbytes):>10}"
               for a in plan.arrays]
-    lines += ["", f"store total: {format_bytes(plan.total_bytes)} (before compression)"]
+    n = plan.n_train + plan.n_test
+    lines += ["", f"store total: {format_bytes(plan.total_bytes)} (before compression), "
+                  f"{format_bytes(plan.total_bytes // max(n, 1))} per image"]
     lines += [f"probes: {plan.probes} in {plan.probe_groups} (variant, hook, step) groups"]
     if plan.hours:
         lines += ["device-hours: " + ", ".join(f"{k} {v:.2f}" for k, v in plan.hours.items())]

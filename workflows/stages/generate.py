@@ -23,6 +23,7 @@ from workflows.stages.prompts import build_plan
 from workflows.stages.shard import Shard, describe, generate_shard, load, make_shards
 from workflows.store import (Layout, ShardWriter, bytes_on_disk, check_output, completion_records, create_store,
                              load_layout, load_plan, mark_failed, stored_config, write_manifest)
+from workflows.store.act_dtype import check_act_dtype
 from workflows.store.paths import variant_output
 
 MANIFEST_EVERY = 5.0  # seconds between manifest rewrites while running (it is rewritten once more at the end)
@@ -126,6 +127,7 @@ def check_inputs(cfg: RunConfig, in_ray_job: bool = False) -> None:
         from ldm.loading import check_options
 
         check_options(cfg.model, cfg.scheduler, cfg.dtype)
+    check_act_dtype(cfg.act_dtype)
     if in_ray_job and "://" not in cfg.output and not os.path.isabs(cfg.output):
         raise ConfigError(f"output {cfg.output!r} is relative: inside `ray job submit` it would land in the job's "
                           "temporary working directory. Give an absolute path or a URL, e.g. --output $PWD/runs/toy")

@@ -30,7 +30,7 @@ from workflows.stages.grid_data import GridData, GroupActs, prepare_grid_data
 from workflows.stages.grid_fit import POSITIONED, fit_and_score
 from workflows.stages.grid_scores import METRIC_NAMES, check_position_controls
 from workflows.stages.progress import Progress
-from workflows.store import (Records, load_layout, open_store, read_file, read_table, require_run, take_images,
+from workflows.store import (Records, load_layout, open_store, read_acts, read_file, read_table, require_run,
                              write_atomic, write_table)
 from workflows.store.paths import PROBE_METRICS, PROBE_ROWS, activations, probe_weights, variant_output
 
@@ -71,7 +71,7 @@ def read_activations(output: str, group: ProbeGroup, images: np.ndarray) -> np.n
     array = root[name]
     if not 0 <= group.step < array.shape[1]:
         raise UserError(f"step {group.step} is not in the store: steps 0..{array.shape[1] - 1} were recorded")
-    return take_images(array, images, group.step)
+    return read_acts(root, group.hook, images, group.step)
 
 
 def fit_group(output: str, group: ProbeGroup, data: GridData) -> list[dict]:

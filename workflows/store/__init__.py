@@ -41,13 +41,14 @@ from workflows.store.files import bytes_on_disk, read_file, read_table, remove_f
 from workflows.store.records import Records
 from workflows.store.run_store import (FLOAT32_EXTRAS, FORMAT, Layout, NoRunError, Plan, RunExistsError, check_output,
                                        complete_images, completion_records, create_store, failure_records, load_layout,
-                                       load_plan, load_run_config, mark_failed, open_store, read_manifest, require_run,
+                                       load_plan, load_run_config, mark_failed, open_store, read_acts, read_manifest,
+                                       require_run,
                                        shard_ranges, shard_records, shard_states, stored_config, take_images,
                                        write_manifest)
 from workflows.store.writer import ShardWriter
 
 __all__ = ["FLOAT32_EXTRAS", "FORMAT", "Layout", "NoRunError", "Plan", "Records", "RunExistsError", "ShardWriter",
            "bytes_on_disk", "check_output", "complete_images", "completion_records", "create_store",
-           "failure_records", "load_layout", "load_plan", "load_run_config", "mark_failed", "open_store",
+           "failure_records", "load_layout", "load_plan", "load_run_config", "mark_failed", "open_store", "read_acts",
            "read_file", "read_manifest", "read_table", "remove_file", "require_run", "shard_ranges", "shard_records", "shard_states",
            "stored_config", "take_images", "write_atomic", "write_manifest", "write_table"]

@@ -47,6 +47,11 @@ def activations(hook: str) -> str:
     return f"acts/{hook}/act"
 
 
+def activation_scales(hook: str) -> str:
+    """(image, step, c) float32: the scales of float8 activations (`act_dtype: float8_e4m3`)."""
+    return f"acts/{hook}/scale"
+
+
 def labels(target: str) -> str:
     """(image, y, x) float32 pseudo-labels."""
     return f"labels/{target}"

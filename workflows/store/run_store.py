@@ -17,7 +17,9 @@ import zarr
 from ldm.errors import UserError
 from workflows.config import RunConfig, data_differences, dump_config, flatten, from_dict, to_dict
 from workflows.store.files import filesystem, is_local, read_file, read_table, write_atomic, write_table
-from workflows.store.paths import CONFIG, IMAGES, LEASE, MANIFEST, SHARD_RECORDS, STORE, activations, shard_key
+from workflows.store.act_dtype import STORED, decode
+from workflows.store.paths import (CONFIG, IMAGES, LEASE, MANIFEST, SHARD_RECORDS, STORE, activation_scales, activations,
+                                   shard_key)
 from workflows.store.records import Records
 
 FORMAT = 1  # the store format this code writes and reads (attrs["sceneprobe"]["format"])
@@ -147,12 +149,16 @@ def create_store(cfg: RunConfig, plan: Plan, layout: Layout) -> None:
     root.create_array(IMAGES, shape=(n, h, w, 3), chunks=(b, h, w, 3), dtype="uint8", fill_value=0,
                       dimension_names=("image", "y", "x", "rgb"), compressors=compressors)
     for name, (ah, aw, ac) in layout.acts.items():
-        dtype = "float32" if name in FLOAT32_EXTRAS else "float16"
+        act_dtype = "float32" if name in FLOAT32_EXTRAS else cfg.act_dtype  # the extras stay float32
+        dtype = STORED.get(act_dtype, act_dtype)
         # Zarr shard = one batch, all steps (one file, written once); inner chunk = one step (one contiguous read).
         root.create_array(activations(name), shape=(n, steps, ah, aw, ac), shards=(b, steps, ah, aw, ac),
-                          chunks=(b, 1, ah, aw, ac), dtype=dtype, fill_value=np.nan,
+                          chunks=(b, 1, ah, aw, ac), dtype=dtype, fill_value=np.nan if dtype.startswith("float") else 0,
                           dimension_names=("image", "step", "h", "w", "c"), compressors=compressors,
-                          attributes={"hook": name})
+                          attributes={"hook": name, "act_dtype": act_dtype})
+        if act_dtype == "float8_e4m3":
+            root.create_array(activation_scales(name), shape=(n, steps, ac), chunks=(b, steps, ac), dtype="float32",
+                              fill_value=np.nan, dimension_names=("image", "step", "c"), compressors=compressors)
     shard = np.arange(n, dtype=np.int32) // cfg.shard_size
     for name, values, dtype in (("prompt", np.array(plan.prompts, dtype=object), str),
                                 ("seed", np.array(plan.seeds, dtype=np.int64), "int64"),
@@ -199,6 +205,18 @@ def take_images(array: zarr.Array, images: np.ndarray, *index: Any) -> np.ndarra
                                 "damaged (its checksum does not match); run `sceneprobe verify RUN` to find every "
                                 "damaged shard, then `--resume` to regenerate them") from None
     return block if np.array_equal(images, np.arange(lo, hi)) else block[images - lo]
+
+
+def read_acts(root: zarr.Group, hook: str, images: np.ndarray, step: int) -> np.ndarray:
+    """Activations `(image, h, w, c)` of `hook` at `step` for the given images, whatever the run's `act_dtype`
+    (`act_dtype.decode`: float16 for float16 runs, float32 otherwise and for the float32 extras)."""
+    array = root[activations(hook)]
+    stored = take_images(array, images, step)
+    dtype = array.attrs.get("act_dtype", str(array.dtype))
+    if dtype not in STORED or dtype == "float16":
+        return stored
+    scale = take_images(root[activation_scales(hook)], images, step) if dtype == "float8_e4m3" else None
+    return decode(stored, dtype, scale)
 
 
 def complete_images(output: str) -> np.ndarray:

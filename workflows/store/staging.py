@@ -40,8 +40,8 @@ class HostStaging:
 
         act = act.detach()
         if not act.is_cuda:
-            if act.dtype not in (torch.float16, torch.float32, torch.float64):
-                act = act.float()  # bfloat16 has no numpy dtype
+            if act.dtype == torch.bfloat16:
+                act = act.float()  # bfloat16 has no numpy dtype (stored bfloat16 comes as its int16 bits)
             dst[...] = act.numpy()
             return
         if self._stream is None:

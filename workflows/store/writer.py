@@ -12,7 +12,8 @@ import numpy as np
 import zarr
 
 from workflows.store.files import disk_full, filesystem, is_disk_full
-from workflows.store.paths import IMAGES, STORE, activations, shard_key
+from workflows.store.act_dtype import encode
+from workflows.store.paths import IMAGES, STORE, activation_scales, activations, shard_key
 from workflows.store.run_store import open_store, shard_records
 from workflows.store.shardfile import direct_encoding, write_shard
 from workflows.store.staging import HostStaging, is_cuda
@@ -40,8 +41,10 @@ class ShardWriter:
         self.output, self.direct = output, direct
         self.root = open_store(output, mode="r+")
         self.arrays: dict[str, zarr.Array] = {}
-        # the current batch: name -> (pool key, buffer (step, batch, h, w, c))
+        # the current batch: name -> (pool key, buffer (step, batch, h, w, c)), and for float8 activations the
+        # scales (step, batch, c)
         self._buffers: dict[str, tuple[tuple, np.ndarray]] = {}
+        self._scales: dict[str, np.ndarray] = {}
         self._filled: dict[str, set[int]] = {}
         self._start: int | None = None
         self._staging = HostStaging()
@@ -105,7 +108,7 @@ class ShardWriter:
         self._queue.join()
         self._staging.wait()
         self._error = None
-        self._buffers, self._filled, self._start = {}, {}, None
+        self._buffers, self._filled, self._scales, self._start = {}, {}, {}, None
 
     def write_act(self, name: str, start: int, step: int, act) -> None:
         """act: (batch, h, w, c) for images [start, start + batch) at `step`, a numpy array or a torch tensor (CPU or
@@ -116,13 +119,20 @@ class ShardWriter:
         if start != self._start:
             self.end_batch()
             self._start = start
+        arr = self._array(activations(name))
+        act_dtype = arr.attrs.get("act_dtype", "float16")
         if name not in self._buffers:
-            arr = self._array(activations(name))
             # step-major, so each step's slice is contiguous: the target of one device-to-host copy
             self._buffers[name] = self._buffer((arr.shape[1], act.shape[0], *arr.shape[2:]), arr.dtype, act)
             self._filled[name] = set()
+            if act_dtype == "float8_e4m3":
+                self._scales[name] = np.empty((arr.shape[1], act.shape[0], arr.shape[-1]), np.float32)
             if name not in self._encodings:
                 self._encodings[name] = direct_encoding(arr) if self.direct else None
+        if act_dtype in ("bfloat16", "float8_e4m3"):  # encoded where captured: on the device, before the copy
+            act, scale = encode(act, act_dtype)
+            if scale is not None:
+                self._scales[name][step] = scale.cpu().numpy()
         self._staging.copy(self._buffers[name][1][step], act)
         self._filled[name].add(step)
 
@@ -147,8 +157,11 @@ class ShardWriter:
             else:  # an edge batch, or a layout shardfile does not know
                 self._put(self._zarr_write, arr, (slice(self._start, self._start + buf.shape[1]),),
                           buf.swapaxes(0, 1), recycle=(key, buf))
+        for name, scales in self._scales.items():  # (step, batch, c) -> the scale array's (batch, step, c)
+            self._put(self._zarr_write, self._array(activation_scales(name)),
+                      (slice(self._start, self._start + scales.shape[1]),), scales.swapaxes(0, 1))
         # queued buffers now belong to the writer threads, which return them to the pool once written
-        self._buffers, self._filled, self._start = {}, {}, None
+        self._buffers, self._filled, self._scales, self._start = {}, {}, {}, None
 
     def flush(self) -> None:
         """Wait until every queued chunk is written; raise (once) the first error since the last flush."""
