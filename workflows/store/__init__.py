@@ -6,7 +6,9 @@ docs/store.md):
     store.zarr/               Zarr v3 group; attrs["sceneprobe"] holds the run config, the hook shapes and "format": 1
       images                  (image, y, x, rgb) uint8
       prompt, seed, split     (image,) the plan; `shard` (image,) int32 says which work shard made the image
-      acts/<name>/act         (image, step, h, w, c) float16 per hook point; float32 for the "latent" and "x0" extras
+      acts/<name>/act         (image, step, h, w, c) float16 per hook point (attrs["act_dtype"]; bfloat16 runs store the
+                              bits as int16, float8_e4m3 runs uint8 codes with acts/<name>/scale (image, step, c)
+                              float32: read them with `read_acts`); float32 for the "latent" and "x0" extras
       labels/<target>         (image, y, x) float32 pseudo-labels (the label stage)
       interventions/<task>/<method>/images   (image, target, y, x, rgb) uint8 edited test images
     shards/<shard>.json       completion record, written last: the shard's data is valid only if this exists
