@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patching-pairs", type=int, default=0,
                    help="also time the patching map on this many training pairs (0: skip)")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--costs", default=None, metavar="FILE",
+                   help="merge seconds per edit and per patching pair into this costs file (`sceneprobe plan --costs`)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -240,7 +242,23 @@ def main(argv: list[str] | None = None) -> int:
                                             worker.colour_check)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    if args.costs:
+        write_costs(args.costs, results)
     return 0
+
+
+def write_costs(path: str, results: dict) -> None:
+    """Merge seconds per edit (whole edited generation, by method) and per patching pair into the costs file
+    `sceneprobe plan --costs` reads (the one `bench_generate.py --costs` writes)."""
+    file = Path(path)
+    costs = json.loads(file.read_text()) if file.exists() else {}
+    per_edit = {m: r["seconds_per_edit"] for m, r in results.items() if isinstance(r, dict) and "seconds_per_edit" in r}
+    if per_edit:
+        costs["edit_s_per_edit"] = {**costs.get("edit_s_per_edit", {}), **per_edit}
+    if "patching" in results:
+        costs["patch_s_per_pair"] = results["patching"]["seconds_per_pair"]
+    file.write_text(json.dumps(costs, indent=1) + "\n")
+    print(f"costs merged into {path}")
 
 
 def patching_cost(model, labeler, hooks: list[str], steps: list[int], n: int, batch: int, colour_check) -> dict:

@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--shard-size", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--compression", default="zstd", choices=("zstd", "none"))
+    parser.add_argument("--compression", default="lz4", choices=("lz4", "zstd", "none"))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--out", default=None, help="store location (default: a temporary folder)")

@@ -35,7 +35,24 @@ def test_controls_double_the_store_and_costs_give_hours(paper_cfg):
     assert full.probes == (2 * 17 * 15 + 17 * 15 + 2) * 2
     timed = plan_run(paper_cfg, variants=("ldm",), costs={"generate_s_per_image": 3.6, "fit_s_per_probe": 1.0})
     assert timed.hours["generate"] == pytest.approx(617 * 3.6 / 3600)
-    assert "device-hours: generate 0.62" in format_plan(paper_cfg, timed)
+    assert "| generate | 617 images x 1 models | 0.62 | 0.62 | 0.15 |" in format_plan(paper_cfg, timed)
+
+
+def test_the_bill_prices_every_measured_stage_and_names_the_rest():
+    from workflows.config import load_config
+
+    cfg = load_config("configs/toy.yaml")  # 96 images (24 test), 3 targets each, 3 methods, calibration, patching
+    costs = {"generate_s_per_image": 2.0, "label_s_per_image": 0.1, "fit_s_per_probe": 0.5,
+             "edit_s_per_edit": {"closed-form": 1.0, "paper": 30.0}, "patch_s_per_pair": 90.0}
+    plan = plan_run(cfg, costs=costs)
+    edits = 2 * (24 * 3 + 8 * 3 * 4)  # per method: 2 tasks x (test edits + calibration: 8 images x 3 x 4 strengths)
+    assert plan.hours["generate"] == pytest.approx(96 * 2 * 2.0 / 3600)  # the LDM and the permuted control
+    assert plan.hours["intervene paper"] == pytest.approx(edits * 30.0 / 3600)
+    assert plan.hours["patching"] == pytest.approx(6 * 90.0 / 3600)
+    assert plan.unmeasured == ["intervene random"]
+    text = format_plan(cfg, plan)
+    assert "dominant stage: intervene paper" in text and "not priced (no measured cost in the file): intervene random" in text
+    assert f"| intervene paper | {edits} edits (2 tasks, calibration included) | {edits * 30 / 3600:.2f} |" in text
 
 
 def test_warns_when_output_lacks_space(paper_cfg):

@@ -174,7 +174,8 @@ def add_tool_commands(sub) -> None:
 
     plan = sub.add_parser("plan", help="print what a run will store and cost, before running it")
     plan.add_argument("config", help="run config (YAML or TOML)")
-    plan.add_argument("--costs", default=None, help="JSON of measured costs from benchmarks/bench_generate.py --costs")
+    plan.add_argument("--costs", default=None,
+                      help="JSON of measured costs (benchmarks/bench_generate.py --costs, bench_edits.py --costs)")
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     plan.set_defaults(func=cmd_plan)
 

@@ -1,7 +1,11 @@
 """`sceneprobe plan CONFIG`: what a run will produce and cost, before anything runs.
 
-Sizes are exact (from the model's configs: no weights are loaded); times come from measured per-image costs in a
-JSON file written by `benchmarks/bench_generate.py --costs FILE` on the target hardware, never from guesses.
+Sizes are exact (from the model's configs: no weights are loaded); times come from measured per-unit costs in a
+JSON file, never from guesses: `benchmarks/bench_generate.py --costs FILE` (generation with capture, labels, probe
+fits) and `benchmarks/bench_edits.py --costs FILE` (seconds per edit by method, per patching pair) on the target
+hardware, merged into the same file. The bill gives each stage's device-hours and its wall time on one GPU and on a
+4-GPU node (every stage spreads over one actor or task per GPU), names the stage that dominates, and lists the stages
+whose cost was not measured instead of guessing them.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class RunPlan:
     probe_groups: int  # (variant, hook, step) slices read once each
     probes: int  # fitted probes, all targets and controls
     hours: dict[str, float] = field(default_factory=dict)  # device-hours per stage, when costs were measured
+    units: dict[str, str] = field(default_factory=dict)  # what each stage's hours count, e.g. "1,234 images"
+    unmeasured: list[str] = field(default_factory=list)  # stages the run has but the costs file does not price
     free_bytes: int | None = None
 
     @property
@@ -78,12 +84,50 @@ def plan_run(cfg: RunConfig, variants: tuple[str, ...] = ("ldm", "permuted", "sh
     probes = (groups + shuffled + feature_controls) * len(TARGETS)
     plan = RunPlan(n_train, n - n_train, arrays, groups, probes, free_bytes=free_space(cfg.output))
     if costs:
-        plan.hours = {
-            "generate": n * len(model_variants) * costs["generate_s_per_image"] / 3600,
-            "label": n * costs.get("label_s_per_image", 0.0) / 3600,
-            "probe": probes * costs.get("fit_s_per_probe", 0.0) / 3600,
-        }
+        bill(plan, cfg, n, n - n_train, len(model_variants), costs)
     return plan
+
+
+def bill(plan: RunPlan, cfg: RunConfig, n: int, n_test: int, n_models: int, costs: dict) -> None:
+    """Device-hours per stage from measured per-unit costs (module docstring); what is not priced is listed."""
+    icfg = cfg.interventions
+    count = icfg.targets.count
+    edited = min(n_test, icfg.max_images or n_test) * count  # edits per (task, method) on the test images
+    calibration = {t: len(icfg.calibrate.get(t, ())) if icfg.calibrate else 0 for t in icfg.tasks}
+    stages: dict[str, tuple[float, str, float | None]] = {  # stage -> (units, what, seconds per unit)
+        "generate": (n * n_models, f"{n} images x {n_models} models", costs.get("generate_s_per_image")),
+        "label": (n, f"{n} images", costs.get("label_s_per_image")),
+        "probe": (plan.probes, f"{plan.probes} probes", costs.get("fit_s_per_probe")),
+    }
+    per_edit = costs.get("edit_s_per_edit", {})
+    for method in icfg.methods:
+        edits = sum(edited + icfg.calibrate_images * count * calibration[t] for t in icfg.tasks)
+        stages[f"intervene {method}"] = (edits, f"{edits} edits ({len(icfg.tasks)} tasks, calibration included)",
+                                         per_edit.get(method))
+    if icfg.patching is not None:
+        stages["patching"] = (icfg.patching.pairs, f"{icfg.patching.pairs} pairs", costs.get("patch_s_per_pair"))
+    for stage, (units, what, seconds) in stages.items():
+        if seconds is None:
+            plan.unmeasured.append(stage)
+        else:
+            plan.hours[stage], plan.units[stage] = units * seconds / 3600, what
+
+
+def format_bill(plan: RunPlan, gpus: tuple[int, ...] = (1, 4)) -> list[str]:
+    """The bill as lines: per stage its units, device-hours and wall hours on each node size; the dominant stage."""
+    total = sum(plan.hours.values())
+    lines = ["| stage | units | device-hours | " + " | ".join(f"wall h, {g} GPU{'s' * (g > 1)}" for g in gpus)
+             + " |", "|---|---|---|" + "---|" * len(gpus)]
+    for stage, hours in plan.hours.items():
+        lines.append(f"| {stage} | {plan.units[stage]} | {hours:.2f} | "
+                     + " | ".join(f"{hours / g:.2f}" for g in gpus) + " |")
+    lines.append(f"| total | | {total:.2f} | " + " | ".join(f"{total / g:.2f}" for g in gpus) + " |")
+    top = max(plan.hours, key=plan.hours.get)
+    lines.append(f"dominant stage: {top} ({plan.hours[top] / total:.0%} of the device-hours, on one GPU and on a "
+                 f"{gpus[-1]}-GPU node alike: every stage spreads over its GPUs)")
+    if plan.unmeasured:
+        lines.append("not priced (no measured cost in the file): " + ", ".join(plan.unmeasured))
+    return lines
 
 
 def free_space(output: str) -> int | None:
@@ -108,7 +152,7 @@ def format_plan(cfg: RunConfig, plan: RunPlan) -> str:
                   f"{format_bytes(plan.total_bytes // max(n, 1))} per image"]
     lines += [f"probes: {plan.probes} in {plan.probe_groups} (variant, hook, step) groups"]
     if plan.hours:
-        lines += ["device-hours: " + ", ".join(f"{k} {v:.2f}" for k, v in plan.hours.items())]
+        lines += ["", "the bill, from measured per-unit costs:"] + format_bill(plan)
     else:
         lines += ["device-hours: unknown; measure costs with `python benchmarks/bench_generate.py --costs costs.json` "
                   "on the target hardware and pass `--costs costs.json`"]
