@@ -131,7 +131,9 @@ def test_resume_regenerates_exactly_missing_and_failed_shards(clean, tmp_path):
         np.testing.assert_array_equal(after[name], before[name], err_msg=name)
 
 
-def test_disk_full_mid_write_leaves_shard_incomplete_and_nothing_else_damaged(clean, tmp_path, monkeypatch):
+def test_disk_full_mid_write_stops_the_run_and_damages_nothing_else(clean, tmp_path, monkeypatch):
+    from workflows.store.files import DiskFullError
+
     cfg = RunConfig(**{**clean.__dict__, "output": str(tmp_path / "run"), "max_retries": 1})
     real_set = zarr.storage.LocalStore.set
 
@@ -141,16 +143,12 @@ def test_disk_full_mid_write_leaves_shard_incomplete_and_nothing_else_damaged(cl
         return await real_set(self, key, value)
 
     monkeypatch.setattr(zarr.storage.LocalStore, "set", full_disk)
-    result = generate(cfg)
-    assert not result.ok and result.failed_shards == [1] and result.complete == 4
-    assert shard_states(cfg.output) == ["complete", "failed", "complete"]
-    failure = json.loads((tmp_path / "run" / "shards" / "000001.failed.json").read_text())
-    assert "No space left on device" in failure["error"]
-    status = {r["image"]: r["status"] for r in pq.read_table(tmp_path / "run" / "manifest.parquet").to_pylist()}
-    assert status == {0: "complete", 1: "complete", 2: "failed", 3: "failed", 4: "complete", 5: "complete"}
+    with pytest.raises(DiskFullError, match=r"storage of .*run is full.*--resume"):  # at once: no retry frees space
+        generate(cfg)
+    assert shard_states(cfg.output) == ["complete", "pending", "pending"]  # shard 2 never started
     monkeypatch.undo()
     result = generate(cfg, resume=True)
-    assert result.ok and result.images == 2
+    assert result.ok and result.images == 4
     clean_data, data = read_all(clean.output), read_all(cfg.output)
     for name in clean_data:
         np.testing.assert_array_equal(data[name], clean_data[name], err_msg=name)

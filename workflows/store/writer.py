@@ -78,7 +78,9 @@ class ShardWriter:
                     write(*args)
             except BaseException as err:  # noqa: BLE001 - handed to the producer thread, which raises it
                 # a full disk stops the run at once (a retry cannot free space), as one line naming the output
-                self._error = self._error or (disk_full(self.output, "activations") if is_disk_full(err) else err)
+                if is_disk_full(err):
+                    err = disk_full(self.output, "a shard's images and activations")
+                self._error = self._error or err
             finally:
                 if recycle is not None:
                     with self._pool_lock:
