@@ -1,7 +1,6 @@
 """Generation into the Zarr store without Ray: layout, readers, completion records, resume, refusals, disk full."""
 
 import errno
-import json
 import os
 
 import numpy as np
