@@ -112,7 +112,8 @@ def local_runner(cfg: RunConfig, device: str = "auto") -> ShardRunner:
                         break
                     except UserError:
                         raise  # the user's to fix: no retry can help
-                    except (OSError, RuntimeError, ValueError) as err:  # disk full, CUDA OOM, ...: retry, then report
+                    except (OSError, RuntimeError, ValueError) as err:  # CUDA OOM, ...: retry, then report
+                        # (a full disk arrives as a UserError: DiskFullError)
                         if attempt == cfg.max_retries:
                             on_failed(shard, f"{type(err).__name__}: {err}")
         return []
