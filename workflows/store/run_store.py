@@ -135,7 +135,7 @@ COMPRESSORS = {
 
 def checksummed(compression: str) -> tuple:
     """The byte codecs of a chunk: the run's compression, then a CRC32C of the stored bytes (a flipped byte is a
-    checksum error naming the array and chunk, never data: `read_checked`)."""
+    checksum error naming the array and images, never data: `take_images`)."""
     return (*COMPRESSORS[compression](), zarr.codecs.Crc32cCodec())
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from workflows.store.files import disk_full, filesystem, is_disk_full
 from workflows.store.act_dtype import encode
+from workflows.store.files import disk_full, filesystem, is_disk_full
 from workflows.store.paths import IMAGES, STORE, activation_scales, activations, shard_key
 from workflows.store.run_store import open_store, shard_records
 from workflows.store.shardfile import direct_encoding, write_shard
