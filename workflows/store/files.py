@@ -16,8 +16,13 @@ from ldm.errors import UserError
 
 
 def filesystem(output: str):
-    """(fsspec filesystem, root path inside it) of an output location."""
-    return fsspec.core.url_to_fs(output)
+    """(fsspec filesystem, root path inside it) of an output location. An object store's cached listings are
+    dropped first: records and shards arrive from other processes (actors, a resumed run), and s3fs would otherwise
+    answer `find` / `ls` / `exists` from what this process listed earlier (found by tests/test_object_storage.py)."""
+    fs, root = fsspec.core.url_to_fs(output)
+    if not is_local(fs):
+        fs.invalidate_cache()
+    return fs, root
 
 
 def is_local(fs) -> bool:

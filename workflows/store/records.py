@@ -32,7 +32,10 @@ class Records:
             key = posixpath.relpath(path, base)
             if ".tmp-" in key or not key.endswith(suffix) or (suffix == DONE and key.endswith(FAILED)):
                 continue
-            out[key[: -len(suffix)]] = json.loads(fs.cat_file(path))
+            try:
+                out[key[: -len(suffix)]] = json.loads(fs.cat_file(path))
+            except FileNotFoundError:  # listed, then gone (taken back, or an object store's listing ahead of it)
+                continue
         return out
 
     def done(self) -> dict[str, object]:
