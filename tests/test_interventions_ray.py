@@ -103,10 +103,11 @@ def assert_same_rows(rows, reference, what: str) -> None:
 
 def test_sigkill_mid_unit_is_retried_on_another_actor(calm, faulty_run, control, tmp_path, monkeypatch):
     import workflows.ray.interventions as ray_interventions
+    import workflows.ray.pool as ray_pool
 
     calls = []  # (unit key, attempt, actor id) of every call the pool makes
 
-    class SpyPool(ray_interventions.ActorPool):
+    class SpyPool(ray_pool.ActorPool):
         def run(self, items, call, key, **kw):
             def spied(actor, item, attempt):
                 calls.append((key(item), attempt, actor._actor_id.hex()))
@@ -114,7 +115,7 @@ def test_sigkill_mid_unit_is_retried_on_another_actor(calm, faulty_run, control,
 
             return super().run(items, spied, key, **kw)
 
-    monkeypatch.setattr(ray_interventions, "ActorPool", SpyPool)
+    monkeypatch.setattr(ray_pool, "ActorPool", SpyPool)  # the pool `keyed_runner` starts
     output = str(tmp_path / "run")
     shutil.copytree(faulty_run, output)
     cfg = small_cfg(**CFG)

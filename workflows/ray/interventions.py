@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 import ray
 
 from workflows.config import InterventionConfig
-from workflows.ray.pool import ActorPool, pool_size
+from workflows.ray.pool import keyed_runner, pool_size
 from workflows.ray.session import ensure_ray
 from workflows.stages.edit_units import (Unit, Worker, colour_check_for, gather_inputs, load_labelers, run_unit,
                                          store_sink)
@@ -53,17 +53,9 @@ class InterventionActor:
 def unit_runner(output: str, cfg: InterventionConfig, *, labeler_specs: Mapping[str, dict] | None = None,
                 labelers: Mapping[str, Callable] | None = None, address: str | None = None) -> UnitRunner:
     """Run intervention units on a pool of intervention actors (one per GPU, or per `cpus_per_actor` CPUs)."""
-
-    def run(units: list[Unit], on_done, on_failed) -> None:
-        ensure_ray(address)
-        n, options = pool_size(cfg.actors, cfg.gpus_per_actor, cfg.cpus_per_actor, len(units))
-        cpu_threads = None if options["num_gpus"] else cfg.cpus_per_actor
-        args = (output, dataclasses.asdict(cfg), labeler_specs, labelers, cpu_threads)
-        with ActorPool(InterventionActor, args, n, options) as pool:
-            pool.run(units, lambda actor, unit, attempt: actor.run.remote(unit, attempt), key=lambda unit: unit.key,
-                     max_retries=cfg.max_retries, on_done=on_done, on_failed=on_failed)
-
-    return run
+    # the config is read when the pool starts: the calibration sets its chosen strengths after the runner is made
+    return keyed_runner(InterventionActor, lambda threads: (output, dataclasses.asdict(cfg), labeler_specs, labelers, threads),
+                        cfg, address)
 
 
 def _animate(output: str, cfg: dict, cpu_threads: int | None) -> None:

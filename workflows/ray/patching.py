@@ -10,8 +10,7 @@ import os
 from collections.abc import Callable, Mapping
 
 from workflows.config import InterventionConfig
-from workflows.ray.pool import ActorPool, pool_size
-from workflows.ray.session import ensure_ray
+from workflows.ray.pool import keyed_runner
 from workflows.stages.patching import Pair, run_pair
 from workflows.stages.patching_stage import PairRunner, gather_pairs, make_worker
 
@@ -40,14 +39,6 @@ class PatchingActor:
 def pair_runner(output: str, cfg: InterventionConfig, *, labeler_specs: Mapping[str, dict] | None = None,
                 labelers: Mapping[str, Callable] | None = None, address: str | None = None) -> PairRunner:
     """Run patching pairs on a pool of patching actors (one per GPU, or per `cpus_per_actor` CPUs)."""
-
-    def run(pairs: list[Pair], on_done, on_failed) -> None:
-        ensure_ray(address)
-        n, options = pool_size(cfg.actors, cfg.gpus_per_actor, cfg.cpus_per_actor, len(pairs))
-        cpu_threads = None if options["num_gpus"] else cfg.cpus_per_actor
-        args = (output, dataclasses.asdict(cfg), labeler_specs, labelers, cpu_threads)
-        with ActorPool(PatchingActor, args, n, options) as pool:
-            pool.run(pairs, lambda actor, pair, attempt: actor.run.remote(pair, attempt), key=lambda pair: pair.key,
-                     max_retries=cfg.max_retries, on_done=on_done, on_failed=on_failed)
-
-    return run
+    # the config is read when the pool starts: the calibration sets its chosen strengths after the runner is made
+    return keyed_runner(PatchingActor, lambda threads: (output, dataclasses.asdict(cfg), labeler_specs, labelers, threads),
+                        cfg, address)

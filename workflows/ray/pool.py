@@ -18,6 +18,7 @@ from typing import Any
 import ray
 
 from ldm.errors import UserError
+from workflows.ray.session import ensure_ray
 
 PROBE_SECONDS = 0.5  # how often a restarting actor is asked whether it is back
 
@@ -137,3 +138,21 @@ class ActorPool:
                     on_done(item, result)
                 idle.append(a)
         return list(queue)
+
+
+def keyed_runner(actor_cls: type, args_for: Callable[[int | None], Sequence[Any]], settings: Any,
+                 address: str | None = None) -> Callable[[list, Callable, Callable], None]:
+    """`run(items, on_done, on_failed)` on a pool of `actor_cls` sized by `settings` (its `actors`, `gpus_per_actor`,
+    `cpus_per_actor`, `max_retries`): each item goes to `actor.run.remote(item, attempt)`, keyed by `item.key`;
+    `args_for(cpu_threads)` are the actors' constructor arguments (a fixed torch thread count on CPU actors, None on
+    GPU ones). The intervention and patching stages' runners."""
+
+    def run(items: list, on_done: Callable, on_failed: Callable) -> None:
+        ensure_ray(address)
+        n, options = pool_size(settings.actors, settings.gpus_per_actor, settings.cpus_per_actor, len(items))
+        cpu_threads = None if options["num_gpus"] else settings.cpus_per_actor
+        with ActorPool(actor_cls, args_for(cpu_threads), n, options) as pool:
+            pool.run(items, lambda actor, item, attempt: actor.run.remote(item, attempt), key=lambda item: item.key,
+                     max_retries=settings.max_retries, on_done=on_done, on_failed=on_failed)
+
+    return run
