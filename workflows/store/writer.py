@@ -49,6 +49,7 @@ class ShardWriter:
         self._start: int | None = None
         self._staging = HostStaging()
         self._encodings: dict[str, Any] = {}  # name -> shardfile.direct_encoding (None: through Zarr)
+        self._act_dtypes: dict[str, str] = {}  # name -> the array's act_dtype (workflows.store.act_dtype)
         self._fs, root = filesystem(output)
         self._store_root = posixpath.join(root, STORE)
         self._pool: dict[tuple, list[np.ndarray]] = {}  # written batch buffers by (shape, dtype, pinned)
@@ -122,15 +123,16 @@ class ShardWriter:
             self.end_batch()
             self._start = start
         arr = self._array(activations(name))
-        act_dtype = arr.attrs.get("act_dtype", "float16")
+        if name not in self._encodings:  # per array, once: this runs for every hook at every step
+            self._encodings[name] = direct_encoding(arr) if self.direct else None
+            self._act_dtypes[name] = arr.attrs.get("act_dtype", "float16")
+        act_dtype = self._act_dtypes[name]
         if name not in self._buffers:
             # step-major, so each step's slice is contiguous: the target of one device-to-host copy
             self._buffers[name] = self._buffer((arr.shape[1], act.shape[0], *arr.shape[2:]), arr.dtype, act)
             self._filled[name] = set()
             if act_dtype == "float8_e4m3":
                 self._scales[name] = np.empty((arr.shape[1], act.shape[0], arr.shape[-1]), np.float32)
-            if name not in self._encodings:
-                self._encodings[name] = direct_encoding(arr) if self.direct else None
         if act_dtype in ("bfloat16", "float8_e4m3"):  # encoded where captured: on the device, before the copy
             act, scale = encode(act, act_dtype)
             if scale is not None:
