@@ -50,10 +50,9 @@ def metric_columns(scores: Scores, target: str) -> dict[str, float | list[float]
     """Every estimate as `name, name_lo, name_hi`, and per test image (in the grid's test order, so margins between
     probes are paired over the same images) the headline metric (`per_image`) and the beyond-position one
     (`per_image_beyond`)."""
-    row: dict = {"per_image": [float(v) for v in scores.per_image[f"image/{HEADLINE[target]}"]],
-                 "per_image_beyond": [float(v) for v in scores.per_image.get(
-                     f"image/{BEYOND_POSITION[target]}", np.full(len(scores.per_image[f"image/{HEADLINE[target]}"]),
-                                                                  np.nan))]}
+    headline = scores.per_image[f"image/{HEADLINE[target]}"]
+    beyond = scores.per_image.get(f"image/{BEYOND_POSITION[target]}", np.full(len(headline), np.nan))
+    row: dict = {"per_image": [float(v) for v in headline], "per_image_beyond": [float(v) for v in beyond]}
     for key, est in scores.estimates.items():
         resolution, metric = key.split("/")
         name = ("" if resolution == "image" else "layer_") + METRIC_NAMES[metric]

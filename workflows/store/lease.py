@@ -61,6 +61,11 @@ def read_lease(output: str) -> Lease | None:
     return None if data is None else Lease(**json.loads(data))
 
 
+def _ours(lease: Lease | None) -> bool:
+    """Whether this process holds `lease` (a stage run inside a run)."""
+    return lease is not None and lease.pid == os.getpid() and lease.host == socket.gethostname()
+
+
 def _alive(lease: Lease, now: float) -> bool:
     """Whether the lease's owner may still be writing: its heartbeat is fresh and, on this host, its pid exists."""
     if now - lease.heartbeat > EXPIRY_S:
@@ -81,8 +86,8 @@ def acquire(output: str, stream=None) -> Lease:
     stream = stream or sys.stderr
     now = time.time()
     held = read_lease(output)
-    if held is not None and held.pid == os.getpid() and held.host == socket.gethostname():
-        return held  # this process already holds it (a stage run inside a run)
+    if _ours(held):
+        return held
     if held is not None and _alive(held, now):
         raise LeaseHeldError(f"output {output!r} is in use by another run ({held.describe()}); wait for it to "
                              f"finish or stop it (a lease whose owner is gone is taken over after {EXPIRY_S:.0f} s)")
@@ -117,8 +122,7 @@ class Holding:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Holding:
-        held = read_lease(self.output)
-        self._outer = not (held is not None and held.pid == os.getpid() and held.host == socket.gethostname())
+        self._outer = not _ours(read_lease(self.output))
         self.lease = acquire(self.output, self.stream)
         if self._outer:
             self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
