@@ -112,7 +112,9 @@ def normal(prim: Primitive, p: np.ndarray) -> np.ndarray:
             nl = np.zeros_like(pl)
             nl[np.arange(len(pl)), axis] = np.sign(q[np.arange(len(pl)), axis])
         elif prim.shape == "cylinder":
-            top = pl[:, 1] > prim.height - 1e-3
+            # the cap where the point is nearer its plane than the side wall: a fixed band below the rim would give
+            # side hits seen from below the top the cap's normal, facing away from the camera
+            top = np.abs(pl[:, 1] - prim.height) < np.abs(np.hypot(pl[:, 0], pl[:, 2]) - prim.radius)
             nl = np.where(top[:, None], [0.0, 1.0, 0.0], pl * [1.0, 0.0, 1.0])
         else:  # cone: gradient of x^2 + z^2 - k^2 (h - y)^2
             k2 = (prim.radius / prim.height) ** 2

@@ -1,7 +1,15 @@
-"""Render toy-world scenes: RGB, exact z-depth, per-object visible masks, salient-object mask and caption.
+"""Render toy-world scenes: RGB, exact z-depth, surface normals, light direction, per-object visible masks,
+salient-object mask and caption.
 
 One ray per pixel (plus `antialias`^2 rays per pixel for the RGB), cast from a pinhole camera, vectorised with numpy
 over pixels; Lambert shading with cast shadows from one directional light. See docs/toy-world.md.
+
+Camera coordinates (normals, light direction): x to the image's right, y to the image's top, z out of the image
+towards the viewer (OpenGL's eye space), roll included: v_cam = R v_world with R = `camera_rotation(scene)`, whose rows
+are the camera's right, up and backward axes. R is orthogonal, so dot products, and hence the Lambert term n.l of the
+shading, are the same in both frames (det R = -1: the world frame, seen through the camera, is mirrored).
+Surface normals are those the shading uses, at the pixel-centre ray's hit (like depth); a pixel whose ray reaches the
+sky has no surface: its normal is (0, 0, 0) and `surface` is False there.
 
 Salient-object rule: the object with the largest visible area (pixel count in the rendered frame); ties go to the
 lower object index. Its visible mask is `RenderBatch.salient`.
@@ -33,8 +41,18 @@ class RenderBatch:
     depth: np.ndarray  # (image, h, w) float32 z-depth along the camera axis; sky and beyond FAR = FAR
     objects: np.ndarray  # (image, MAX_OBJECTS, h, w) bool visible mask per object, padded with False
     salient: np.ndarray  # (image, h, w) bool visible mask of the salient object
+    normals: np.ndarray  # (image, h, w, 3) float32 unit surface normal in camera coordinates; (0, 0, 0) on sky
+    surface: np.ndarray  # (image, h, w) bool: the pixel's ray hits a surface (normal defined); False on sky
+    light_direction: np.ndarray  # (image, 3) float32 unit vector towards the light, camera coordinates
     captions: list[str]
     scenes: list[Scene]
+
+
+def camera_rotation(scene: Scene) -> np.ndarray:
+    """`(3, 3)` world -> camera rotation: rows are the camera's right, up and backward axes (roll applied), so that
+    R @ v has x right, y up, z towards the viewer."""
+    forward, right, up = scene.camera.axes()
+    return np.stack([right, up, -forward])
 
 
 def camera_rays(scene: Scene, size: int) -> np.ndarray:
@@ -94,31 +112,43 @@ def _floor_pattern(scene: Scene, p: np.ndarray) -> np.ndarray:
     return np.zeros(len(p))
 
 
-def _albedo_and_normal(scene: Scene, hit: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Surface colour `(ray, 3)` and unit normal `(ray, 3)` at hit points p (sky rows are left zero)."""
+def surface_normals(scene: Scene, hit: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Unit normals `(ray, 3)` in world coordinates at hit points p `(ray, 3)` of what `hit` names (sky rows: zero).
+    The room is seen from inside: walls and ceiling face inwards."""
     env = scene.environment
-    albedo, n = np.zeros_like(p), np.zeros_like(p)
-    m = hit == FLOOR
-    pat = _floor_pattern(scene, p[m])[:, None]
-    albedo[m] = (1 - pat) * env.floor_albedo + pat * np.asarray(env.floor_albedo2)
-    n[m] = (0.0, 1.0, 0.0)
+    n = np.zeros_like(p)
+    n[hit == FLOOR] = (0.0, 1.0, 0.0)
     m = hit == WALL
     if m.any():
         q = p[m]
         on_x = np.abs(np.abs(q[:, 0]) - env.half_x) < np.abs(np.abs(q[:, 2]) - env.half_z)
         n[m] = np.where(on_x[:, None], [[-1.0, 0, 0]] * np.sign(q[:, :1]), [[0, 0, -1.0]] * np.sign(q[:, 2:3]))
-        stripes = (np.floor((q[:, 0] + q[:, 2]) / 0.4) % 2) if env.wall_striped else np.zeros(len(q))
-        albedo[m] = np.asarray(env.wall_albedo) * (1 - 0.25 * stripes[:, None])
-    m = hit == CEILING
-    albedo[m] = np.clip(np.asarray(env.wall_albedo) * 1.15, 0, 1)
-    n[m] = (0.0, -1.0, 0.0)
+    n[hit == CEILING] = (0.0, -1.0, 0.0)
     for k, prim in enumerate(scene.objects):
         m = hit == k
         if m.any():
-            q = p[m]
-            albedo[m] = np.asarray(prim.albedo) * (1 - prim.texture_amp * _object_pattern(prim, q))[:, None]
-            n[m] = normal(prim, q)
-    return albedo, n
+            n[m] = normal(prim, p[m])
+    return n
+
+
+def _albedo(scene: Scene, hit: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Surface colour `(ray, 3)` at hit points p (sky rows are left zero)."""
+    env = scene.environment
+    albedo = np.zeros_like(p)
+    m = hit == FLOOR
+    pat = _floor_pattern(scene, p[m])[:, None]
+    albedo[m] = (1 - pat) * env.floor_albedo + pat * np.asarray(env.floor_albedo2)
+    m = hit == WALL
+    if m.any():
+        q = p[m]
+        stripes = (np.floor((q[:, 0] + q[:, 2]) / 0.4) % 2) if env.wall_striped else np.zeros(len(q))
+        albedo[m] = np.asarray(env.wall_albedo) * (1 - 0.25 * stripes[:, None])
+    albedo[hit == CEILING] = np.clip(np.asarray(env.wall_albedo) * 1.15, 0, 1)
+    for k, prim in enumerate(scene.objects):
+        m = hit == k
+        if m.any():
+            albedo[m] = np.asarray(prim.albedo) * (1 - prim.texture_amp * _object_pattern(prim, p[m]))[:, None]
+    return albedo
 
 
 def shade(scene: Scene, dirs: np.ndarray, t: np.ndarray, hit: np.ndarray) -> np.ndarray:
@@ -127,7 +157,7 @@ def shade(scene: Scene, dirs: np.ndarray, t: np.ndarray, hit: np.ndarray) -> np.
     origin = np.asarray(scene.camera.position)
     solid = hit != SKY
     p = origin + np.where(solid, t, 0.0)[:, None] * dirs
-    albedo, n = _albedo_and_normal(scene, hit, p)
+    albedo, n = _albedo(scene, hit, p), surface_normals(scene, hit, p)
     to_light = np.asarray(light.direction)
     lambert = np.clip(n @ to_light, 0.0, None) * solid
     lit = lambert > 0
@@ -158,6 +188,9 @@ class Render:
     depth: np.ndarray
     objects: np.ndarray
     salient: np.ndarray
+    normals: np.ndarray
+    surface: np.ndarray
+    light_direction: np.ndarray
     caption: str
     scene: Scene
 
@@ -168,6 +201,11 @@ def render_scene(scene: Scene, size: int = 64, antialias: int = 2) -> Render:
     dirs = camera_rays(scene, size)
     t, hit = trace(scene, dirs)
     depth = np.minimum(t, FAR).reshape(size, size).astype(np.float32)
+    rotation = camera_rotation(scene)
+    surface = hit != SKY
+    points = np.asarray(scene.camera.position) + np.where(surface, t, 0.0)[:, None] * dirs  # (pixel, 3)
+    normals = (surface_normals(scene, hit, points) @ rotation.T).reshape(size, size, 3).astype(np.float32)
+    light_direction = (rotation @ np.asarray(scene.light.direction, np.float64)).astype(np.float32)  # (3,)
     hit = hit.reshape(size, size)
     if antialias == 1:
         rgb = shade(scene, dirs, t, hit.reshape(-1)).reshape(size, size, 3)
@@ -194,7 +232,8 @@ def render_scene(scene: Scene, size: int = 64, antialias: int = 2) -> Render:
     ]
     env = scene.environment
     caption = make_caption(visible, env.floor_colour, env.floor_texture, env.room)
-    return Render(rgb=rgb, depth=depth, objects=objects, salient=salient.copy(), caption=caption, scene=scene)
+    return Render(rgb=rgb, depth=depth, objects=objects, salient=salient.copy(), normals=normals,
+                  surface=surface.reshape(size, size), light_direction=light_direction, caption=caption, scene=scene)
 
 
 def _check_size(size: int, antialias: int) -> None:
@@ -223,6 +262,9 @@ def render_batch(
         depth=np.stack([r.depth for r in renders]),
         objects=np.stack([r.objects for r in renders]),
         salient=np.stack([r.salient for r in renders]),
+        normals=np.stack([r.normals for r in renders]),
+        surface=np.stack([r.surface for r in renders]),
+        light_direction=np.stack([r.light_direction for r in renders]),
         captions=[r.caption for r in renders],
         scenes=[r.scene for r in renders],
     )
