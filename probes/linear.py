@@ -189,20 +189,33 @@ def _sums(blocks: StandardisedBlocks, y: np.ndarray, val: np.ndarray, c: int, de
 
 
 def _ridge_solutions(s: dict, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge weights (alpha, c) and biases (alpha,) for every alpha from one eigendecomposition of the covariance."""
+    """Ridge weights (alpha, c) and biases (alpha,) for every alpha from one eigendecomposition of the covariance.
+    Vector targets (`s["xy"]` of shape (c, k), `s["y"]` (k,)): weights (alpha, c, k) and biases (alpha, k), the k
+    outputs' ridge solutions, which share the covariance and its eigendecomposition (`probes.vectors`)."""
     n = s["n"]
     mx, my = s["x"] / n, s["y"] / n
     cov = s["xx"] / n - np.outer(mx, mx)
-    cxy = s["xy"] / n - mx * my
     evals, evecs = np.linalg.eigh(cov)
+    if np.ndim(s["xy"]) == 2:
+        cxy = s["xy"] / n - np.outer(mx, my)  # (c, k)
+        ws = evecs @ ((evecs.T @ cxy)[None] / (evals[None, :, None] + alphas[:, None, None]))  # (alpha, c, k)
+        return ws, my - mx @ ws
+    cxy = s["xy"] / n - mx * my
     proj = evecs.T @ cxy
     ws = (proj[None, :] / (evals[None, :] + alphas[:, None])) @ evecs.T
     return ws, my - ws @ mx
 
 
 def _mse(s: dict, ws: np.ndarray, bs: np.ndarray) -> np.ndarray:
-    """Mean squared error of each (w, b) on the pixels summarised by `s`, from sufficient statistics alone."""
+    """Mean squared error of each (w, b) on the pixels summarised by `s`, from sufficient statistics alone. Vector
+    targets (ws (alpha, c, k), bs (alpha, k), `s["yy"]` the sum of squared norms): the squared error summed over the
+    k outputs."""
     n = s["n"]
+    if ws.ndim == 3:
+        quad = np.einsum("ack,cd,adk->a", ws, s["xx"], ws)
+        cross = np.einsum("ack,ck->a", ws, s["xy"]) + bs @ s["y"]
+        sse = s["yy"] - 2 * cross + quad + 2 * np.einsum("ak,ack,c->a", bs, ws, s["x"]) + n * (bs**2).sum(1)
+        return sse / n
     quad = np.einsum("ac,cd,ad->a", ws, s["xx"], ws)
     sse = s["yy"] - 2 * (ws @ s["xy"] + bs * s["y"]) + quad + 2 * bs * (ws @ s["x"]) + n * bs**2
     return sse / n
