@@ -1,8 +1,11 @@
-"""Position-only baselines for the toy world: how much do depth and salient masks follow from pixel position alone?
+"""Position-only baselines for the toy world: how much do depth, salient masks, surface normals and the light
+direction follow from pixel position alone?
 
 Predict every held-out render's depth with the mean training depth map, and its salient mask with the mean training
-salient mask thresholded at the level that maximises mean Dice on the training renders. A world where these score
-high lets a probe "succeed" without reading the image. Targets: depth Spearman <= 0.7, mask Dice <= 0.3.
+salient mask thresholded at the level that maximises mean Dice on the training renders; its normals with the
+training renders' spherical-mean normal map and its light with their mean light direction (`probes.baselines_vectors`,
+scored by `probes.angular` over surface pixels). A world where these score high lets a probe "succeed" without
+reading the image. Targets: depth Spearman <= 0.7, mask Dice <= 0.3.
 
     python benchmarks/toy_baselines.py [--n-train 2000] [--n-test 500] [--size 64]
 """
@@ -16,7 +19,13 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ldm.toy.render import HELD_OUT_SEED, render_batch
-
+from probes.angular import score_directions, score_normals
+from probes.baselines_vectors import (
+    direction_position_prediction,
+    mean_direction,
+    mean_normal_map,
+    normal_position_prediction,
+)
 
 
 def spearman_per_image(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -63,6 +72,15 @@ def position_baselines(n_train: int, n_test: int, size: int) -> dict[str, tuple[
     }.items():
         results[name] = (float(values.mean()), *bootstrap_ci(values))
     results["mask_threshold"] = (best, best, best)
+
+    normal_map = mean_normal_map(train.normals, train.surface)
+    pred = normal_position_prediction(normal_map, n_test, size, size)
+    normals = score_normals(pred, test.normals, test.surface, resolutions=("image",)).estimates
+    light = score_directions(direction_position_prediction(mean_direction(train.light_direction), n_test),
+                             test.light_direction).estimates
+    for name, est in [(f"normals_{k.split('/')[1]}", v) for k, v in normals.items()] + [
+            (f"light_{k}", v) for k, v in light.items()]:
+        results[name] = (est.mean, est.lo, est.hi)
     return results
 
 
