@@ -1,11 +1,36 @@
-"""Toy labelers: loading, output conventions, clear errors for bad weight files, accuracy on held-out renders."""
+"""Toy labelers: loading, output conventions, clear errors for bad weight files, accuracy on held-out renders; the
+normal and light heads' training path (mirroring, save, load), run for a few steps only."""
+
+import math
 
 import numpy as np
 import pytest
+import torch
 
-from ldm.toy.labelers import REBUILD_COMMAND, WEIGHTS, load_toy_depth_labeler, load_toy_saliency_labeler
-from ldm.toy.render import render_batch
-from ldm.toy.train_labelers import evaluate
+from ldm.toy.labelers import (
+    NORMALS_OUT_CHANNELS,
+    NORMALS_REBUILD_COMMAND,
+    OUT_CHANNELS,
+    REBUILD_COMMAND,
+    WEIGHTS,
+    images_to_tensor,
+    load_toy_depth_labeler,
+    load_toy_light_labeler,
+    load_toy_normals_labeler,
+    load_toy_saliency_labeler,
+    save_labeler,
+)
+from ldm.toy.render import render_batch, render_scene
+from ldm.toy.scene import Camera, Environment, Light, Primitive, Scene
+from ldm.toy.train_labelers import (
+    depth_target,
+    evaluate,
+    evaluate_normals,
+    mirror_light,
+    mirror_normals,
+    normal_targets,
+    train,
+)
 
 HELD_OUT = np.arange(1_000_000, 1_000_032)
 
@@ -76,3 +101,45 @@ def test_accuracy_on_held_out_renders(held_out, labelers):
     assert m["mask_dice"] > 0.5, m
     assert m["depth_spearman"] > 0.7, m
     assert m["depth_rmse_standardised"] < 0.8, m
+
+
+def test_mirrored_targets_are_the_mirrored_scene_s():
+    """The normals and light of a render, mirrored left-right, are those of the mirror-image scene (x -> -x before a
+    camera looking along +z), so the training augmentation flips the labels as it flips the image."""
+
+    def scene(sign: float) -> Scene:
+        sphere = Primitive("sphere", x=sign * 0.7, z=0.0, radius=0.6, height=1.2)
+        light = Light(direction=tuple(np.array([sign * 0.5, 0.8, -0.3]) / math.sqrt(0.98)))
+        cam = Camera(position=(0.0, 1.0, -5.0), yaw=0.0, pitch=0.1)
+        return Scene(objects=(sphere,), camera=cam, light=light, environment=Environment())
+
+    right, left = render_scene(scene(1.0), 32, antialias=1), render_scene(scene(-1.0), 32, antialias=1)
+    n_right = torch.from_numpy(right.normals).permute(2, 0, 1)[None]
+    np.testing.assert_allclose(mirror_normals(n_right)[0].permute(1, 2, 0).numpy(), left.normals, atol=1e-5)
+    np.testing.assert_allclose(mirror_light(torch.from_numpy(right.light_direction)).numpy(), left.light_direction,
+                               atol=1e-6)
+    assert not np.allclose(right.normals[right.surface, 0], left.normals[right.surface, 0], atol=1e-2)
+
+
+def test_normal_heads_train_save_and_load(tmp_path):
+    """A few steps of the `--normals` path at width 4: the file loads as all four labelers; unit normals or zero
+    (sky), unit lights, at the input's resolution; weights without the heads name the rebuild command."""
+    data = render_batch(list(range(8)), size=64, antialias=1)
+    targets = [depth_target(data.depth), torch.from_numpy(data.salient).float()[:, None],
+               torch.from_numpy(data.objects.any(1)).float()[:, None]] + normal_targets(data)
+    model = train(images_to_tensor(data.rgb), targets, steps=2, batch_size=4, seed=0, width=4, lr=1e-3, normals=True)
+    path = tmp_path / "normals.safetensors"
+    save_labeler(model, path, {"width": 4, "out_channels": NORMALS_OUT_CHANNELS, "light_head": True})
+    normals, light = load_toy_normals_labeler(path), load_toy_light_labeler(path)
+    n, lights = normals(data.rgb), light(data.rgb)
+    assert n.shape == (8, 64, 64, 3) and n.dtype == np.float32 and lights.shape == (8, 3)
+    norm = np.linalg.norm(n, axis=-1)
+    assert np.all((np.abs(norm - 1) < 1e-4) | (norm == 0))
+    np.testing.assert_allclose(np.linalg.norm(lights, axis=-1), 1, atol=1e-5)
+    assert normals(data.rgb[:, ::2, ::2]).shape == (8, 32, 32, 3)
+    assert load_toy_depth_labeler(path)(data.rgb[:2]).shape == (2, 64, 64)  # the old heads still read channels 0-1
+    m = evaluate_normals(normals, light, data.rgb, data.normals, data.surface, data.light_direction)
+    assert 0 <= m["normals_angular_mean"] <= 180 and 0 <= m["light_angular_error"] <= 180
+    with pytest.raises(RuntimeError, match=NORMALS_REBUILD_COMMAND):
+        load_toy_normals_labeler(WEIGHTS)  # the committed weights have no normal heads (yet)
+    assert OUT_CHANNELS < NORMALS_OUT_CHANNELS

@@ -11,6 +11,12 @@ affine normalisation; compare it to labels with rank or scale-and-shift-invarian
 
 Saliency convention (like TRACER): the output is the per-pixel probability in [0, 1] that the pixel belongs to the
 salient object (the object with the largest visible area, docs/toy-world.md).
+
+Normals and light (optional heads, `python -m ldm.toy.train_labelers --normals`): channels 3-5 are a surface normal
+per pixel and channel 6 the logit that the pixel shows a surface (not sky); a linear light head on the pooled
+bottleneck gives one light direction per image. Both in the renderer's camera coordinates (x right, y up, z towards
+the viewer). The normals labeler returns unit normals where it judges a surface and (0, 0, 0) where it judges sky,
+the convention of the renderer's exact normals; the light labeler one unit vector per image.
 """
 
 from __future__ import annotations
@@ -30,7 +36,10 @@ DEPTH_WEIGHTS = SALIENCY_WEIGHTS = WEIGHTS  # the file each labeler loads (one s
 # Output channels of the network.
 DEPTH_CHANNEL, SALIENT_CHANNEL, OBJECTS_CHANNEL = 0, 1, 2
 OUT_CHANNELS = 3
+NORMAL_CHANNELS, SURFACE_CHANNEL = slice(3, 6), 6  # with the normal heads (`--normals`)
+NORMALS_OUT_CHANNELS = 7
 REBUILD_COMMAND = "python -m ldm.toy.train_labelers"
+NORMALS_REBUILD_COMMAND = "python -m ldm.toy.train_labelers --normals"
 WORK_SIZE = 64  # the labelers' working resolution
 
 Labeler = Callable[[np.ndarray], np.ndarray]
@@ -44,10 +53,11 @@ class ToyUNet(nn.Module):
     """A small U-Net: (image, 3, 64, 64) in [0, 1] -> (image, out_channels, 64, 64) raw values / logits.
 
     Three stride-2 stages (64 -> 32 -> 16 -> 8) give the bottleneck a view of the whole frame, which the salient
-    rule (largest object) needs; skip connections keep edges sharp.
+    rule (largest object) needs; skip connections keep edges sharp. `light_head`: a linear map from the bottleneck's
+    channel means and maxima to one raw light direction per image (`forward_with_light`).
     """
 
-    def __init__(self, width: int = 12, out_channels: int = OUT_CHANNELS):
+    def __init__(self, width: int = 12, out_channels: int = OUT_CHANNELS, light_head: bool = False):
         super().__init__()
         w1, w2, w3, w4 = width, 2 * width, 4 * width, 6 * width
         self.enc0 = _conv(3, w1)
@@ -58,8 +68,19 @@ class ToyUNet(nn.Module):
         self.dec1 = _conv(w3 + w2, w2)
         self.dec0 = _conv(w2 + w1, w1)
         self.head = nn.Conv2d(w1, out_channels, 1)
+        self.light = nn.Linear(2 * w4, 3) if light_head else None  # created last: the other layers' init is unchanged
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x)[0]
+
+    def forward_with_light(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(maps `(image, out_channels, 64, 64)`, raw light directions `(image, 3)`)."""
+        if self.light is None:
+            raise ValueError("this network has no light head")
+        maps, e3 = self._run(x)
+        return maps, self.light(torch.cat([e3.mean((-2, -1)), e3.amax((-2, -1))], 1))
+
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         e0 = self.enc0(x)
         e1 = self.enc1(e0)
         e2 = self.enc2(e1)
@@ -68,7 +89,7 @@ class ToyUNet(nn.Module):
         d2 = self.dec2(torch.cat([up(e3, e2), e2], 1))
         d1 = self.dec1(torch.cat([up(d2, e1), e1], 1))
         d0 = self.dec0(torch.cat([up(d1, e0), e0], 1))
-        return self.head(d0)
+        return self.head(d0), e3
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -110,7 +131,8 @@ def load_network(path: Path) -> ToyUNet:
         with safe_open(str(path), framework="pt") as f:
             config = json.loads((f.metadata() or {}).get("config", "{}"))
         state = load_file(str(path))
-        model = ToyUNet(int(config.get("width", 12)), int(config.get("out_channels", OUT_CHANNELS)))
+        model = ToyUNet(int(config.get("width", 12)), int(config.get("out_channels", OUT_CHANNELS)),
+                        bool(config.get("light_head", False)))
         model.load_state_dict(state)
     except Exception as err:  # corrupt or mismatched file: one clear message for every way it can fail
         raise RuntimeError(f"toy labeler weights unreadable: {path} ({err}); {hint}") from err
@@ -142,3 +164,53 @@ def load_toy_depth_labeler(path: Path | str = WEIGHTS, batch_size: int = 64) -> 
 def load_toy_saliency_labeler(path: Path | str = WEIGHTS, batch_size: int = 64) -> Labeler:
     """images uint8 `(image, h, w, 3)` -> salient-object probability float32 `(image, h, w)` in [0, 1]."""
     return _wrap(load_network(Path(path)), SALIENT_CHANNEL, torch.sigmoid, batch_size)
+
+
+def _normal_network(path: Path) -> ToyUNet:
+    model = load_network(path)
+    if model.head.out_channels < NORMALS_OUT_CHANNELS or model.light is None:
+        raise RuntimeError(f"toy labeler weights {path} have no normal and light heads; rebuild them with "
+                           f"`{NORMALS_REBUILD_COMMAND}`")
+    return model
+
+
+def unit_normals(raw: torch.Tensor, surface_logit: torch.Tensor) -> torch.Tensor:
+    """Raw normals `(image, 3, h, w)` and surface logits `(image, 1, h, w)` -> unit normals, zero where the
+    surface probability is below 0.5 (judged sky)."""
+    return F.normalize(raw, dim=1, eps=1e-6) * (surface_logit > 0).to(raw.dtype)
+
+
+def load_toy_normals_labeler(path: Path | str = WEIGHTS, batch_size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
+    """images uint8 `(image, h, w, 3)` -> float32 `(image, h, w, 3)`: unit normals in camera coordinates where the
+    network judges a surface, (0, 0, 0) where it judges sky (resized bilinearly to the input size, renormalised)."""
+    model = _normal_network(Path(path))
+
+    def label(images: np.ndarray) -> np.ndarray:
+        h, w = np.asarray(images).shape[1:3]
+        x = images_to_tensor(images)
+        outs = []
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                out = model(x[i : i + batch_size])
+                raw, logit = out[:, NORMAL_CHANNELS], out[:, SURFACE_CHANNEL : SURFACE_CHANNEL + 1]
+                if raw.shape[-2:] != (h, w):
+                    raw = F.interpolate(F.normalize(raw, dim=1, eps=1e-6), size=(h, w), mode="bilinear",
+                                        align_corners=False)
+                    logit = F.interpolate(logit, size=(h, w), mode="bilinear", align_corners=False)
+                outs.append(unit_normals(raw, logit).permute(0, 2, 3, 1))
+        return torch.cat(outs).numpy().astype(np.float32)
+
+    return label
+
+
+def load_toy_light_labeler(path: Path | str = WEIGHTS, batch_size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
+    """images uint8 `(image, h, w, 3)` -> float32 `(image, 3)` unit light directions in camera coordinates."""
+    model = _normal_network(Path(path))
+
+    def label(images: np.ndarray) -> np.ndarray:
+        x = images_to_tensor(images)
+        with torch.no_grad():
+            lights = [model.forward_with_light(x[i : i + batch_size])[1] for i in range(0, len(x), batch_size)]
+        return F.normalize(torch.cat(lights), dim=1, eps=1e-6).numpy().astype(np.float32)
+
+    return label
