@@ -284,3 +284,15 @@ def test_mean_light_scores_well_where_lights_agree():
     assert blind.estimates["angular_error"].mean > base.estimates["angular_error"].mean - 0.5
     with pytest.raises(ValueError, match="not unit"):
         fit_direction_ridge(noise[:60], 2 * light[:60])
+
+
+def test_streamed_fit_equals_the_cached_fit():
+    """Beyond cache_bytes the activations stream a block at a time (float16 here): the same probe."""
+    acts, normals, valid = planted_normals(n=24, noise=1.0)
+    cached = fit_normal_ridge(acts, normals, valid)
+    streamed = fit_normal_ridge(acts.astype(np.float16).astype(np.float32), normals, valid,
+                                chunk_bytes=acts[:5].nbytes, cache_bytes=0)
+    half = fit_normal_ridge(acts.astype(np.float16), normals, valid, chunk_bytes=acts[:5].nbytes, cache_bytes=0)
+    np.testing.assert_allclose(streamed.weight, half.weight, rtol=1e-6, atol=1e-7)
+    assert cached.alpha == streamed.alpha
+    np.testing.assert_allclose(cached.weight, streamed.weight, atol=2e-3)  # float16 rounding of the inputs only
