@@ -272,36 +272,43 @@ def with_image_tokens(output, tokens: torch.Tensor, point: HookPoint):
     return tokens
 
 
-# diffusers' hooks that reuse a block's or the denoiser's output from an earlier step instead of computing it
-CACHE_HOOK_MODULES = ("first_block_cache", "faster_cache", "pyramid_attention_broadcast", "mag_cache",
-                      "taylorseer_cache", "sea_cache")
+# diffusers' hooks that reuse a block's or the denoiser's output from an earlier step instead of computing it, by the
+# diffusers.hooks module that defines them
+STEP_CACHES = {"first_block_cache": "FirstBlockCache", "faster_cache": "FasterCache",
+               "pyramid_attention_broadcast": "PyramidAttentionBroadcast", "mag_cache": "MagCache",
+               "taylorseer_cache": "TaylorSeerCache", "sea_cache": "SeaCache"}
 
 
-def step_caches(denoiser: torch.nn.Module) -> list[str]:
-    """The step-reusing caches diffusers has put on this denoiser (`enable_cache` or the `apply_*` functions)."""
-    found = set()
-    config = getattr(denoiser, "_cache_config", None)
-    if config is not None:
-        found.add(type(config).__name__)
+def step_caches(denoiser: torch.nn.Module) -> dict[str, str]:
+    """The step-reusing caches diffusers has put on this denoiser, by `enable_cache` or the `apply_*` functions:
+    {registered hook name: cache (e.g. "FirstBlockCache")}."""
+    found = {}
     for module in denoiser.modules():
         registry = getattr(module, "_diffusers_hook", None)
-        for hook in getattr(registry, "hooks", {}).values():
-            if type(hook).__module__.rsplit(".", 1)[-1] in CACHE_HOOK_MODULES:
-                found.add(type(hook).__name__)
-    return sorted(found)
+        for name, hook in getattr(registry, "hooks", {}).items():
+            cache = STEP_CACHES.get(type(hook).__module__.rsplit(".", 1)[-1])
+            if cache is not None:
+                found[name] = cache
+    return found
 
 
 def refuse_step_caches(pipe) -> None:
     """Stored activations of a cached step would be those of an earlier step, and an edit would not reach it."""
     denoiser = denoiser_of(pipe)
     caches = step_caches(denoiser)
-    if caches:
-        attr = "transformer" if getattr(pipe, "transformer", None) is denoiser else "unet"
-        raise UserError(
-            f"the denoiser has diffusers step caching on ({', '.join(caches)}): cached steps reuse earlier steps' "
-            f"block outputs, so captured activations would be stale and edits would miss them; turn it off with "
-            f"`pipe.{attr}.disable_cache()` before capturing or editing"
-        )
+    if not caches:
+        return
+    attr = "pipe.transformer" if getattr(pipe, "transformer", None) is denoiser else "pipe.unet"
+    if getattr(denoiser, "_cache_config", None) is not None:  # turned on by enable_cache
+        fix = f"`{attr}.disable_cache()`"
+    else:  # applied with diffusers.hooks.apply_*: the registry is the way back
+        fix = " and ".join(f"`HookRegistry.check_if_exists_or_initialize({attr}).remove_hook({name!r}, recurse=True)`"
+                           for name in sorted(caches))
+    raise UserError(
+        f"the denoiser has diffusers step caching on ({', '.join(sorted(set(caches.values())))}): cached steps reuse "
+        f"earlier steps' outputs, so captured activations would be stale and edits would miss them; turn it off "
+        f"with {fix} before capturing or editing"
+    )
 
 
 @contextmanager
