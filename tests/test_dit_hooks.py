@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -165,3 +166,35 @@ def test_scheduler_that_cannot_run_the_model_is_refused(sd3_path, sd1_path):
 def test_hook_point_defaults_keep_unet_behaviour():
     point = HookPoint("mid_0", "mid_block", 2, 2, 16, level=3)
     assert (point.kind, point.patch, point.take) == ("unet", 1, "all")
+
+
+def test_sd35_dual_attention_blocks(tmp_path):
+    """SD3.5's first blocks add an image-only self-attention (`attn2`): the points stay the joint attention and the
+    block output, which includes it; capture and an identity edit stay exact."""
+    from tiny_pipelines import build_sd3
+
+    model = load_model(str(build_sd3(tmp_path, dual_attention_layers=(0, 1))), scheduler=FLOW, steps=2)
+    assert model.denoiser.transformer_blocks[0].attn2 is not None
+    points = _denoiser_points(model)
+    assert [p.name for p in points][:2] == ["joint_0", "joint_0_out"] and len(points) == 6
+    reference = model.generate(["a red sphere"], [1])
+    sink = ArraySink()
+    with capture(model, sink, extras=()):
+        np.testing.assert_array_equal(model.generate(["a red sphere"], [1]), reference)
+    assert sink.arrays["joint_0_out"].shape == (1, 2, 8, 8, 16)
+
+
+def test_pixart_published_as_legacy_transformer2dmodel(pixart_path, tmp_path):
+    """PixArt-Sigma's hub folder names its transformer `Transformer2DModel`; diffusers loads it as a
+    `PixArtTransformer2DModel` (by its norm_type), and so does sceneprobe."""
+    folder = tmp_path / "legacy"
+    shutil.copytree(pixart_path, folder)
+    for path, key in ((folder / "model_index.json", "transformer"), (folder / "transformer" / "config.json", None)):
+        config = json.loads(path.read_text())
+        if key:
+            config[key] = ["diffusers", "Transformer2DModel"]
+        else:
+            config["_class_name"] = "Transformer2DModel"
+        path.write_text(json.dumps(config))
+    model = load_model(str(folder), scheduler="ddim", steps=1)
+    assert model.family == "pixart" and [p.name for p in _denoiser_points(model)] == ["block_0", "block_1", "block_2"]
