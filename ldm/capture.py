@@ -46,7 +46,7 @@ def _predicted_x0(scheduler, out, timestep, sample: torch.Tensor, eps: torch.Ten
 
 @torch.no_grad()
 def vae_mid_attention(vae, latent: torch.Tensor) -> torch.Tensor:
-    """The paper's VAE baseline: decoder mid-block self-attention output on a latent `(batch, 4, h, w)`.
+    """The paper's VAE baseline: decoder mid-block self-attention output on a latent `(batch, c, h, w)`.
 
     Returns `(batch, h, w, c)`. Applied to x_t of the same step (the paper's code used the next step's latent). The
     latent is unscaled as the pipeline does before decoding: z / scaling_factor (+ shift_factor, SD3 and Flux).
