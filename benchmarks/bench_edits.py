@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     model = load_model(args.model, steps=args.steps, device=args.device)
-    unet = [h.name for h in model.hook_points if h.kind == "unet"]
+    unet = [h.name for h in model.hook_points if h.kind != "extra"]
     hooks = unet if args.hooks == "all" else args.hooks.split(",") if args.hooks else default_hooks("saliency", unet)
     edit_steps = [int(s) for s in args.edit_steps.split(",")]
     if args.labeler == "toy":

@@ -271,7 +271,7 @@ def cmd_writer(args: argparse.Namespace) -> None:
     side by side in one run, from the same host buffers (no model: the rate the writer can sustain), and the disk's
     own floor for the same bytes in the same folder, measured before every writer configuration and after the last
     (a VM disk's rate drifts by several times within minutes: each ratio is against the median floor)."""
-    points = [p for p in describe_hook_points(MODEL, 512, 512) if p.kind == "unet"]
+    points = [p for p in describe_hook_points(MODEL, 512, 512) if p.kind != "extra"]
     layout = Layout({p.name: (p.height, p.width, p.channels) for p in points}, (512, 512), args.steps)
     rng = np.random.default_rng(0)
     batch = {p.name: rng.standard_normal((args.batch, p.height, p.width, p.channels), np.float32).astype(np.float16)

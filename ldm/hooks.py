@@ -1,18 +1,21 @@
 """Hook points: every U-Net self-attention output, named by its position, plus the paper's extra pseudo-layers.
 
-A hook point is the output projection of a transformer block's `attn1` (`...attn1.to_out.0`, bias included), i.e. the
-self-attention output before the residual add, as probed in the paper. Names come from the position in the U-Net:
-`down_{block}_{attention}`, `mid_{attention}`, `up_{block}_{attention}`, with `_t{k}` appended when a block stacks several
-transformer layers (SDXL). For SD v1 that is `down_0_0 ... down_2_1, mid_0, up_1_0 ... up_3_2`, 16 in all.
+A U-Net hook point is the output projection of a transformer block's `attn1` (`...attn1.to_out.0`, bias included),
+i.e. the self-attention output before the residual add, as probed in the paper. Names come from the position in the
+U-Net: `down_{block}_{attention}`, `mid_{attention}`, `up_{block}_{attention}`, with `_t{k}` appended when a block
+stacks several transformer layers (SDXL). For SD v1 that is `down_0_0 ... down_2_1, mid_0, up_1_0 ... up_3_2`, 16 in
+all. Diffusion transformers (SD3, Flux, PixArt) have their own points, found in `ldm.denoisers`.
 
-`hooked` is the one hook mechanism behind both `ldm.capture` (read) and `ldm.edit` (write): the user names hook points
-and steps, and a function `fn(step, name, act)` sees each activation as `(batch, h, w, c)`, one guidance half at a time;
-when writing, what it returns replaces that half.
+`hooked` is the one hook mechanism behind both `ldm.capture` (read) and `ldm.edit` (write), for every denoiser: the
+user names hook points and steps, and a function `fn(step, name, act)` sees each activation as `(batch, h, w, c)`, one
+guidance half at a time; when writing, what it returns replaces that half.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -31,17 +34,25 @@ HALVES = ("cond", "uncond", "both")
 HookFn = Callable[[int, str, torch.Tensor], torch.Tensor | None]
 
 
+# Where a module's output holds the image tokens: the whole output `(batch, h*w, c)`; the last h*w tokens of a joint
+# `[text, image]` sequence (Flux single-stream blocks); the image half of a `(text, image)` pair (SD3 joint blocks).
+TAKES = ("all", "image_tail", "pair_image")
+
+
 @dataclass(frozen=True)
 class HookPoint:
-    """One probe-able activation. `level` counts the downsamplings between the latent and this layer."""
+    """One probe-able activation. `level` counts the downsamplings between the latent and this layer; `patch` is the
+    latent pixels per token side (1 in a U-Net, the patch size in a transformer); `take` is one of `TAKES`."""
 
     name: str
-    module_path: str  # dotted path inside the U-Net (or the pipeline, for extras)
+    module_path: str  # dotted path inside the denoiser (or the pipeline, for extras)
     height: int
     width: int
     channels: int
     level: int = 0
-    kind: str = "unet"  # "unet" or "extra"
+    kind: str = "unet"  # "unet", "transformer" (a module of either denoiser: kind != "extra") or "extra"
+    patch: int = 1
+    take: str = "all"
 
 
 def level_size(size: int, level: int) -> int:
@@ -98,16 +109,29 @@ def find_unet_hook_points(unet: torch.nn.Module, latent_height: int, latent_widt
 
 
 def find_hook_points(pipe, latent_height: int, latent_width: int) -> list[HookPoint]:
-    """U-Net hook points followed by the extra pseudo-layers (`EXTRAS`)."""
-    points = find_unet_hook_points(pipe.unet, latent_height, latent_width)
-    latent_channels = pipe.unet.config.in_channels
-    vae_channels = pipe.vae.config.block_out_channels[-1]
-    extra = [
-        HookPoint("vae_mid", "vae.decoder.mid_block.attentions.0.to_out.0", latent_height, latent_width, vae_channels),
-        HookPoint("latent", "scheduler.step(sample)", latent_height, latent_width, latent_channels),
-        HookPoint("x0", "scheduler.step(pred_original_sample)", latent_height, latent_width, latent_channels),
-    ]
-    return points + [HookPoint(**{**p.__dict__, "kind": "extra"}) for p in extra]
+    """The denoiser's hook points followed by the extras; see `ldm.denoisers.find_hook_points`."""
+    from ldm.denoisers import find_hook_points as find  # ldm.denoisers builds on this module
+
+    return find(pipe, latent_height, latent_width)
+
+
+def denoiser_of(pipe) -> torch.nn.Module:
+    """The network the sampling loop calls each step: `pipe.transformer` if the pipeline has one, else `pipe.unet`."""
+    denoiser = getattr(pipe, "transformer", None)
+    return denoiser if denoiser is not None else pipe.unet
+
+
+# Name patterns of each family's hook points, so that a name from another family is reported as such.
+NAME_FAMILIES = {
+    "a U-Net": re.compile(r"(down|up)_\d+_\d+(_t\d+)?|mid_\d+(_t\d+)?"),
+    "an SD3 transformer": re.compile(r"joint_\d+(_out)?"),
+    "a Flux transformer": re.compile(r"(double|single)_\d+"),
+    "a PixArt transformer": re.compile(r"block_\d+"),
+}
+
+
+def _family_of_name(name: str) -> str | None:
+    return next((family for family, pattern in NAME_FAMILIES.items() if pattern.fullmatch(name)), None)
 
 
 def select_hook_points(points: Sequence[HookPoint], names: Sequence[str] | None) -> list[HookPoint]:
@@ -117,7 +141,10 @@ def select_hook_points(points: Sequence[HookPoint], names: Sequence[str] | None)
     by_name = {p.name: p for p in points}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise UserError(f"unknown hook point(s) {', '.join(unknown)}; valid names: {', '.join(by_name)}")
+        ours = next((_family_of_name(p.name) for p in points if p.kind != "extra"), None)
+        theirs = {_family_of_name(n) for n in unknown} - {None, ours}
+        why = f" ({' and '.join(sorted(theirs))} hook point name; this model is {ours})" if theirs and ours else ""
+        raise UserError(f"unknown hook point(s) {', '.join(unknown)}{why}; valid names: {', '.join(by_name)}")
     return [by_name[n] for n in names]
 
 
@@ -130,26 +157,45 @@ def format_hook_table(points: Sequence[HookPoint]) -> str:
 
 
 class StepTracker:
-    """Counts denoising steps: step s is the U-Net call whose input is the latent after s scheduler updates.
+    """Counts denoising steps: step s is the denoiser call whose input is the latent after s scheduler updates.
 
-    Also knows whether the current U-Net batch carries classifier-free guidance (`[unconditional, conditional]`)
-    and the latent size of the call, so hooks can cut out the conditional half at the right resolution.
+    Also knows whether the current denoiser batch carries classifier-free guidance (`[unconditional, conditional]`)
+    and the latent size of the call, so hooks can cut out the conditional half at the right resolution. Guidance is
+    the pipeline's `do_classifier_free_guidance` where it has one (SD, SDXL, SD3); PixArt decides inside its
+    `__call__` by `guidance_scale > 1`, so `guidance_scale` is needed there; Flux-dev has guidance distilled into the
+    model (an embedding, one call per step): its whole batch is conditional.
     """
 
-    def __init__(self, pipe, steps: Sequence[int] | None = None) -> None:
+    def __init__(self, pipe, steps: Sequence[int] | None = None, guidance_scale: float | None = None) -> None:
         self.pipe = pipe
+        self.denoiser = denoiser_of(pipe)
         self.steps = None if steps is None else frozenset(steps)  # the selected steps (None: all)
+        self.guidance_scale = guidance_scale
         self.step = -1
-        self.batch = 0  # images per U-Net call (half the U-Net batch under guidance)
+        self.batch = 0  # images per denoiser call (half the denoiser batch under guidance)
         self.guided = False
         self.latent_hw = (0, 0)
 
-    def _before_unet(self, module, args, kwargs) -> None:
-        sample = args[0] if args else kwargs["sample"]
+    def _guided(self) -> bool:
+        guided = getattr(self.pipe, "do_classifier_free_guidance", None)
+        if guided is not None:
+            return bool(guided)
+        if type(self.pipe).__name__.startswith("PixArt"):
+            return self.guidance_scale is not None and self.guidance_scale > 1
+        return False
+
+    def _before_denoiser(self, module, args, kwargs) -> None:
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         self.step += 1
-        self.guided = bool(getattr(self.pipe, "do_classifier_free_guidance", False))
+        self.guided = self._guided()
+        if self.guided and sample.shape[0] % 2:
+            raise RuntimeError(f"a guidance batch of {sample.shape[0]} is not [unconditional, conditional] halves")
         self.batch = sample.shape[0] // 2 if self.guided else sample.shape[0]
-        self.latent_hw = tuple(sample.shape[-2:])
+        if sample.ndim == 4:  # (batch, c, h, w)
+            self.latent_hw = tuple(sample.shape[-2:])
+        else:  # Flux's packed tokens: the last token's (row, col) in img_ids sizes the grid of 2x2 latent patches
+            _, row, col = kwargs["img_ids"].reshape(-1, 3)[-1].tolist()
+            self.latent_hw = (2 * (int(row) + 1), 2 * (int(col) + 1))
 
     @property
     def active(self) -> bool:
@@ -168,11 +214,12 @@ class StepTracker:
         scheduler = self.pipe.scheduler
         original = scheduler.set_timesteps
 
+        @functools.wraps(original)  # pipelines read its signature (Flux passes `sigmas` only if it is accepted)
         def set_timesteps(*args, **kwargs):
             self.step = -1  # a new generation starts
             return original(*args, **kwargs)
 
-        handle = self.pipe.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)
+        handle = self.denoiser.register_forward_pre_hook(self._before_denoiser, with_kwargs=True)
         try:
             with patched(scheduler, "set_timesteps", set_timesteps):
                 yield self
@@ -195,10 +242,73 @@ def patched(obj: object, name: str, replacement) -> Iterator[None]:
             delattr(obj, name)
 
 
+def grid_size(point: HookPoint, latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """The (h, w) token grid of `point` for a call at this latent size."""
+    return tuple(level_size(side, point.level) // point.patch for side in latent_hw)
+
+
 def as_spatial(tokens: torch.Tensor, point: HookPoint, latent_hw: tuple[int, int]) -> torch.Tensor:
     """`(batch, h*w, c)` tokens (row-major) -> `(batch, h, w, c)` at this call's resolution."""
-    h, w = level_size(latent_hw[0], point.level), level_size(latent_hw[1], point.level)
+    h, w = grid_size(point, latent_hw)
     return tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1])
+
+
+def image_tokens(output, point: HookPoint, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """The `(batch, h*w, c)` image tokens in a module's output (a view: nothing is copied)."""
+    if point.take == "pair_image":
+        return output[1]
+    if point.take == "image_tail":
+        h, w = grid_size(point, latent_hw)
+        return output[:, -h * w:]
+    return output
+
+
+def with_image_tokens(output, tokens: torch.Tensor, point: HookPoint):
+    """`output` with its image tokens replaced by `tokens` (the inverse of `image_tokens`)."""
+    if point.take == "pair_image":
+        return (output[0], tokens, *output[2:])
+    if point.take == "image_tail":
+        return torch.cat([output[:, :-tokens.shape[1]], tokens], dim=1)
+    return tokens
+
+
+# diffusers' hooks that reuse a block's or the denoiser's output from an earlier step instead of computing it, by the
+# diffusers.hooks module that defines them
+STEP_CACHES = {"first_block_cache": "FirstBlockCache", "faster_cache": "FasterCache",
+               "pyramid_attention_broadcast": "PyramidAttentionBroadcast", "mag_cache": "MagCache",
+               "taylorseer_cache": "TaylorSeerCache", "sea_cache": "SeaCache"}
+
+
+def step_caches(denoiser: torch.nn.Module) -> dict[str, str]:
+    """The step-reusing caches diffusers has put on this denoiser, by `enable_cache` or the `apply_*` functions:
+    {registered hook name: cache (e.g. "FirstBlockCache")}."""
+    found = {}
+    for module in denoiser.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        for name, hook in getattr(registry, "hooks", {}).items():
+            cache = STEP_CACHES.get(type(hook).__module__.rsplit(".", 1)[-1])
+            if cache is not None:
+                found[name] = cache
+    return found
+
+
+def refuse_step_caches(pipe) -> None:
+    """Stored activations of a cached step would be those of an earlier step, and an edit would not reach it."""
+    denoiser = denoiser_of(pipe)
+    caches = step_caches(denoiser)
+    if not caches:
+        return
+    attr = "pipe.transformer" if getattr(pipe, "transformer", None) is denoiser else "pipe.unet"
+    if getattr(denoiser, "_cache_config", None) is not None:  # turned on by enable_cache
+        fix = f"`{attr}.disable_cache()`"
+    else:  # applied with diffusers.hooks.apply_*: the registry is the way back
+        fix = " and ".join(f"`HookRegistry.check_if_exists_or_initialize({attr}).remove_hook({name!r}, recurse=True)`"
+                           for name in sorted(caches))
+    raise UserError(
+        f"the denoiser has diffusers step caching on ({', '.join(sorted(set(caches.values())))}): cached steps reuse "
+        f"earlier steps' outputs, so captured activations would be stale and edits would miss them; turn it off "
+        f"with {fix} before capturing or editing"
+    )
 
 
 @contextmanager
@@ -210,37 +320,41 @@ def hooked(
     half: str = "cond",
     write: bool = False,
 ) -> Iterator[StepTracker]:
-    """Call `fn(step, name, act)` at the U-Net hook points `hooks` (None: all) during generations run inside the block.
+    """Call `fn(step, name, act)` at the denoiser hook points `hooks` (None: all) during generations run inside the block.
 
-    model: a `LoadedModel`. steps: only these steps (None: all). half: "cond", "uncond" or "both" (each half is passed
-    to `fn` separately). write: replace each half with the tensor `fn` returns (None leaves it); without it, what `fn`
-    returns is ignored and the generation is untouched. Hooks run in forward order, and after hooks entered earlier on
-    the same module, so later readers see earlier writes. Yields the step tracker, for hooks that are not U-Net modules.
+    model: a `LoadedModel` (U-Net or transformer). steps: only these steps (None: all). half: "cond", "uncond" or
+    "both" (each half is passed to `fn` separately; a model without a guidance batch has only "cond"). write: replace
+    each half with the tensor `fn` returns (None leaves it); without it, what `fn` returns is ignored and the generation
+    is untouched. Hooks run in forward order, and after hooks entered earlier on the same module, so later readers see
+    earlier writes. Refuses a denoiser with diffusers' step caching on. Yields the step tracker, for hooks that are
+    not denoiser modules.
     """
     if half not in HALVES:
         raise UserError(f"unknown half {half!r}; choose one of {', '.join(HALVES)}")
-    points = select_hook_points([p for p in model.hook_points if p.kind == "unet"], hooks)
-    tracker = StepTracker(model.pipe, steps)
+    points = select_hook_points([p for p in model.hook_points if p.kind != "extra"], hooks)
+    refuse_step_caches(model.pipe)
+    tracker = StepTracker(model.pipe, steps, guidance_scale=model.config.guidance_scale)
 
     def attach(point: HookPoint):
-        def hook(module, inputs, output: torch.Tensor) -> torch.Tensor | None:
+        def hook(module, inputs, output):
             if not tracker.active:
                 return None  # outside the selected steps a hook costs nothing: no slicing, no copy
+            tokens = image_tokens(output, point, tracker.latent_hw)  # (batch, h*w, c)
             edited = None
-            for part in tracker.halves(output, half):
+            for part in tracker.halves(tokens, half):
                 # a reader's view is detached so what it keeps holds no graph; a writer's stays differentiable
-                act = as_spatial(output[part] if write else output[part].detach(), point, tracker.latent_hw)
+                act = as_spatial(tokens[part] if write else tokens[part].detach(), point, tracker.latent_hw)
                 new = fn(tracker.step, point.name, act)
                 if not write or new is None:
                     continue
                 if new.shape != act.shape:
                     raise ValueError(f"edit for {point.name} returned shape {tuple(new.shape)}, expected {tuple(act.shape)}")
                 if edited is None:
-                    edited = output.clone()  # copy on first write: later halves still read the module's own output
-                edited[part] = new.reshape(output[part].shape).to(output.dtype)
-            return edited  # None keeps the module's output as it is
+                    edited = tokens.clone()  # copy on first write: later halves still read the module's own output
+                edited[part] = new.reshape(tokens[part].shape).to(tokens.dtype)
+            return None if edited is None else with_image_tokens(output, edited, point)  # None: output as it is
 
-        return model.pipe.unet.get_submodule(point.module_path).register_forward_hook(hook)
+        return tracker.denoiser.get_submodule(point.module_path).register_forward_hook(hook)
 
     with ExitStack() as stack:
         stack.enter_context(tracker.attached())

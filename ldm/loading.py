@@ -1,4 +1,5 @@
-"""Load any diffusers Stable Diffusion checkpoint (SD 1.x, 2.x, SDXL, the embedded toy model) for probing.
+"""Load a diffusers checkpoint for probing: Stable Diffusion 1.x, 2.x, SDXL and the embedded toy model (U-Nets), SD3,
+Flux and PixArt (diffusion transformers).
 
 `load_model` returns a `LoadedModel`: the pipeline plus the generation settings of a run, and the one place where images
 are generated. Seeds follow the paper: each image's initial noise is drawn on the CPU from its own seeded generator,
@@ -15,8 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ldm.denoisers import (
+    denoiser_family,
+    family_of_class,
+    find_hook_points,
+    latent_channels,
+    native_latent_size,
+    pack_latent,
+)
 from ldm.errors import UserError
-from ldm.hooks import HookPoint, find_hook_points
+from ldm.hooks import HookPoint, denoiser_of
 from ldm.quiet import quiet_known_noise
 
 TOY_MODEL = "toy"
@@ -28,6 +37,7 @@ SCHEDULERS = {
     "ddim": "DDIMScheduler",
     "euler": "EulerDiscreteScheduler",
     "pndm": "PNDMScheduler",
+    "flow_euler": "FlowMatchEulerDiscreteScheduler",  # SD3's and Flux's own: flow matching, not a noise schedule
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -55,7 +65,7 @@ class LoadedModel:
     """A pipeline ready to generate, with its name, settings and hook points."""
 
     name: str
-    pipe: object  # a diffusers StableDiffusion(XL)Pipeline
+    pipe: object  # a diffusers StableDiffusion(XL), StableDiffusion3, Flux or PixArtSigma pipeline
     config: GenerationConfig = field(default_factory=GenerationConfig)
 
     @property
@@ -63,12 +73,22 @@ class LoadedModel:
         return self.pipe.unet
 
     @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network called every step: the U-Net, or the transformer of a DiT pipeline."""
+        return denoiser_of(self.pipe)
+
+    @property
+    def family(self) -> str:
+        """"unet", "sd3", "flux" or "pixart" (see `ldm.denoisers`)."""
+        return denoiser_family(self.denoiser)
+
+    @property
     def device(self) -> torch.device:
-        return self.pipe.unet.device
+        return self.denoiser.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.pipe.unet.dtype
+        return self.denoiser.dtype
 
     @property
     def vae_scale_factor(self) -> int:
@@ -77,7 +97,7 @@ class LoadedModel:
     @property
     def image_size(self) -> tuple[int, int]:
         """(height, width) of generated images in pixels."""
-        native = self.unet.config.sample_size * self.vae_scale_factor
+        native = native_latent_size(self.family, self.denoiser.config) * self.vae_scale_factor
         return (self.config.height or native, self.config.width or native)
 
     @property
@@ -87,12 +107,14 @@ class LoadedModel:
 
     @property
     def hook_points(self) -> list[HookPoint]:
-        """Every U-Net self-attention output, plus the extra pseudo-layers, at this model's image size."""
+        """Every denoiser hook point (U-Net self-attention outputs or transformer blocks), plus the extra pseudo-layers,
+        at this model's image size."""
         return find_hook_points(self.pipe, *self.latent_size)
 
     def initial_noise(self, seeds: list[int]) -> torch.Tensor:
-        """Unscaled initial noise `(image, c, h, w)`, float32 on the CPU, one seeded generator per image."""
-        shape = (1, self.unet.config.in_channels, *self.latent_size)
+        """Unscaled initial noise `(image, c, h, w)`, float32 on the CPU, one seeded generator per image (Flux's too:
+        it is packed into tokens only when handed to the pipeline, so an image's noise is the same for every model)."""
+        shape = (1, latent_channels(self.pipe), *self.latent_size)
         noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
         return torch.cat(noise)
 
@@ -103,6 +125,13 @@ class LoadedModel:
             raise UserError(f"got {len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
         height, width = self.image_size
         latents = self.initial_noise(seeds).to(self.device, self.dtype)
+        family = self.family
+        extra: dict = {}
+        if family == "flux":
+            latents = pack_latent(latents)  # FluxPipeline takes its latents packed, 2x2 pixels per token
+        elif family == "pixart":
+            # binning would generate at a bin's size and resize; captions are ours, no HTML to clean
+            extra = {"use_resolution_binning": False, "clean_caption": False}
         out = self.pipe(
             prompt=list(prompts),
             height=height,
@@ -111,6 +140,7 @@ class LoadedModel:
             guidance_scale=self.config.guidance_scale,
             latents=latents,
             output_type="np",
+            **extra,
         )
         return (np.clip(out.images, 0.0, 1.0) * 255).round().astype(np.uint8)
 
@@ -174,7 +204,24 @@ def _pipeline_class(model_path: str):
     cls = getattr(diffusers, name, None)
     if cls is None:
         raise UserError(f"{model_path}: pipeline class {name!r} is not in this diffusers version")
+    denoiser = index.get("transformer") or index.get("unet")  # [library, class]
+    # refuse an unsupported denoiser before its weights are read; a legacy Transformer2DModel is resolved by its config
+    # when loaded (PixArt-Sigma's is a PixArtTransformer2DModel) and checked then
+    if denoiser and denoiser[1] and denoiser[1] != "Transformer2DModel":
+        denoiser_cls = getattr(diffusers, denoiser[1], None)
+        family_of_class([c.__name__ for c in denoiser_cls.__mro__] if denoiser_cls else [denoiser[1]])
     return cls
+
+
+def check_scheduler(pipe, scheduler: str) -> None:
+    """Refuse a scheduler that cannot run this model: a noise schedule on a flow-matching model (SD3, Flux) or flow
+    matching on a model trained for a noise schedule."""
+    native = type(pipe.scheduler).__name__
+    flow_model, flow_chosen = native.startswith("FlowMatch"), SCHEDULERS[scheduler].startswith("FlowMatch")
+    if flow_model != flow_chosen:
+        fits = [n for n, cls in SCHEDULERS.items() if cls.startswith("FlowMatch") == flow_model]
+        kind = "a flow-matching model" if flow_model else "trained for a noise schedule, not flow matching"
+        raise UserError(f"scheduler {scheduler!r} cannot run this model ({native}: {kind}); choose {' or '.join(fits)}")
 
 
 def check_options(model: str, scheduler: str, dtype: str) -> str:
@@ -200,9 +247,10 @@ def load_model(
 ) -> LoadedModel:
     """Load a Stable Diffusion-family pipeline for probing.
 
-    model: "toy" (the embedded toy LDM), a local diffusers folder, or a Hugging Face hub id (SD 1.x/2.x/XL).
-    scheduler: one of lms (the paper's), ddim, euler, pndm. dtype: float32, float16 or bfloat16.
-    device: cpu, cuda, cuda:N or auto. permute_seed: if given, the U-Net's weights are permuted (the paper's control).
+    model: "toy" (the embedded toy LDM), a local diffusers folder, or a Hugging Face hub id (SD 1.x/2.x/XL, SD3, Flux,
+    PixArt). scheduler: one of lms (the paper's), ddim, euler, pndm; flow_euler for flow-matching models (SD3, Flux).
+    dtype: float32, float16 or bfloat16. device: cpu, cuda, cuda:N or auto. permute_seed: if given, the denoiser's
+    weights are permuted (the paper's control).
     """
     import diffusers
 
@@ -218,6 +266,8 @@ def load_model(
         pipe = cls.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load model {model!r} from {path}: {err}") from None
+    denoiser_family(denoiser_of(pipe))  # a denoiser sceneprobe cannot read is refused before anything else
+    check_scheduler(pipe, scheduler)
     scheduler_cls = getattr(diffusers, SCHEDULERS[scheduler])
     # SD's own PNDM config skips the Runge-Kutta warm-up steps; keep that when switching schedulers.
     extra = {"skip_prk_steps": True} if scheduler == "pndm" else {}
@@ -226,8 +276,8 @@ def load_model(
     if permute_seed is not None:
         from ldm.control import permute_weights
 
-        permute_weights(pipe.unet, permute_seed)
+        permute_weights(denoiser_of(pipe), permute_seed)
     pipe.to(device)
     loaded = LoadedModel(name=model, pipe=pipe, config=config)
-    loaded.hook_points  # fail at load time, not mid-run, on a U-Net without self-attention
+    loaded.hook_points  # fail at load time, not mid-run, on a denoiser without hook points or a size it cannot patch
     return loaded

@@ -31,6 +31,21 @@ def sdxl_path(tmp_path_factory) -> Path:
     return tiny_pipelines.build_sdxl(tmp_path_factory.mktemp("sdxl"))
 
 
+@pytest.fixture(scope="session")
+def sd3_path(tmp_path_factory) -> Path:
+    return tiny_pipelines.build_sd3(tmp_path_factory.mktemp("sd3"))
+
+
+@pytest.fixture(scope="session")
+def flux_path(tmp_path_factory) -> Path:
+    return tiny_pipelines.build_flux(tmp_path_factory.mktemp("flux"))
+
+
+@pytest.fixture(scope="session")
+def pixart_path(tmp_path_factory) -> Path:
+    return tiny_pipelines.build_pixart(tmp_path_factory.mktemp("pixart"))
+
+
 @pytest.fixture(scope="module")
 def control(tmp_path_factory) -> Path:
     """The fault-injection folder of `test_workflows_backend` (its files pause or fail generate() calls)."""

@@ -65,6 +65,8 @@ def bad_inputs(tmp: Path, run: tuple[str, str]) -> dict[str, list[str]]:
         "run: --resume with other data fields": ["run", config, "--resume", "--set", "steps=2"],
         "hooks: unknown model": ["hooks", str(tmp / "no-model")],
         "hooks: height not a multiple of 8": ["hooks", "toy", "--height", "30"],
+        "hooks: SD3 width not whole 2x2 patches": ["hooks", "stabilityai/stable-diffusion-3-medium-diffusers",
+                                                   "--width", "1032"],
         "status: no such run": ["status", str(tmp / "nothing-here")],
         "status: a folder that is not a run": ["status", str(tmp / "stranger")],
         "report: no run yet": ["report", cfg()],

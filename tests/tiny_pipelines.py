@@ -109,3 +109,98 @@ def build_sdxl(folder: Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(folder)
     return folder
+
+
+# Diffusion transformers: SD3 (MMDiT joint blocks), Flux (double- and single-stream blocks), PixArt (DiT with
+# cross-attention). A 16-channel VAE like SD3's and Flux's, a T5 text encoder, and flow-matching schedulers where the
+# real models use them.
+
+
+def _vae16(shift_factor: float | None = None):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=4, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
+        scaling_factor=1.5305, shift_factor=shift_factor,
+    )
+
+
+def _t5(vocab_size: int, d_model: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(
+        vocab_size=vocab_size, d_model=d_model, d_kv=4, d_ff=2 * d_model, num_layers=2, num_heads=2,
+        relative_attention_num_buckets=8, pad_token_id=1, eos_token_id=1, decoder_start_token_id=0,
+    ))
+
+
+def build_sd3(folder: Path, seed: int = 0, dual_attention_layers: tuple[int, ...] = ()) -> Path:
+    """SD3 layout: an MMDiT (joint image/text attention) with patch size 2, three text encoders, flow matching.
+
+    The last joint block is `context_pre_only` (its text stream ends there), as in the real model.
+    dual_attention_layers: blocks with SD3.5's extra image-only self-attention (`attn2`).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(seed)
+    tokenizer = save_char_tokenizer(folder / "_tok", max_length=16)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=3, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+        pos_embed_max_size=16, dual_attention_layers=dual_attention_layers,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae16(0.0609),
+        text_encoder=_text_encoder(len(tokenizer), 16, projection=True), tokenizer=tokenizer,
+        text_encoder_2=_text_encoder(len(tokenizer), 16, projection=True), tokenizer_2=tokenizer,
+        text_encoder_3=_t5(len(tokenizer), 32), tokenizer_3=tokenizer,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_flux(folder: Path, seed: int = 0) -> Path:
+    """FLUX.1-dev layout: double-stream then single-stream blocks on 2x2-packed latents, guidance distilled into an
+    embedding (no guidance batch), CLIP pooled + T5 sequence conditioning, flow matching with dynamic shifting."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer = save_char_tokenizer(folder / "_tok", max_length=16)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=16,
+        max_image_seq_len=256,
+    )
+    pipe = FluxPipeline(
+        transformer=transformer, scheduler=scheduler, vae=_vae16(0.1159),
+        text_encoder=_text_encoder(len(tokenizer), 16), tokenizer=tokenizer,
+        text_encoder_2=_t5(len(tokenizer), 32), tokenizer_2=tokenizer,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_pixart(folder: Path, seed: int = 0) -> Path:
+    """PixArt-Sigma layout: DiT blocks (self-attention, cross-attention to T5, adaLN-single), patch size 2, learned
+    variance (8 output channels), the SD VAE's 4 latent channels and an epsilon-prediction scheduler."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer = save_char_tokenizer(folder / "_tok", max_length=16)
+    transformer = PixArtTransformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, out_channels=8, num_layers=3, attention_head_dim=8,
+        num_attention_heads=2, cross_attention_dim=16, caption_channels=32, norm_num_groups=4,
+        interpolation_scale=1, use_additional_conditions=False,
+    )
+    pipe = PixArtSigmaPipeline(
+        tokenizer=tokenizer, text_encoder=_t5(len(tokenizer), 32), vae=_vae(), transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear"),
+    )
+    pipe.save_pretrained(folder)
+    return folder

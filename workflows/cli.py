@@ -31,8 +31,9 @@ def cmd_hooks(args: argparse.Namespace) -> int:
 
     points = describe_hook_points(args.model, height=args.height, width=args.width)
     print(format_hook_table(points))
-    unet = [p for p in points if p.kind == "unet"]
-    print(f"\n{len(unet)} self-attention hook points; extras: {', '.join(p.name for p in points if p.kind == 'extra')}")
+    denoiser = [p for p in points if p.kind != "extra"]
+    what = "self-attention" if denoiser[0].kind == "unet" else "transformer"
+    print(f"\n{len(denoiser)} {what} hook points; extras: {', '.join(p.name for p in points if p.kind == 'extra')}")
     return 0
 
 
@@ -166,7 +167,7 @@ def add_run_commands(sub) -> None:
 
 def add_tool_commands(sub) -> None:
     """Commands around a run: hook tables, the plan, the demo, the animation, the findings."""
-    hooks = sub.add_parser("hooks", help="list a model's hook points (self-attention outputs and extras)")
+    hooks = sub.add_parser("hooks", help="list a model's hook points (self-attention outputs or transformer blocks, and extras)")
     hooks.add_argument("model", help='"toy", a local diffusers folder, or a hub id in the local cache')
     hooks.add_argument("--height", type=int, default=None, help="image height in pixels (default: native)")
     hooks.add_argument("--width", type=int, default=None, help="image width in pixels (default: native)")

@@ -63,7 +63,7 @@ def plan_run(cfg: RunConfig, variants: tuple[str, ...] = ("ldm", "permuted", "sh
     items = build_plan(cfg)
     n, n_train = len(items), items.count("train")
     points = {p.name: p for p in describe_hook_points(cfg.model, cfg.height, cfg.width)}
-    hooks = [name for name, p in points.items() if p.kind == "unet"] if cfg.hooks is None else list(cfg.hooks)
+    hooks = [name for name, p in points.items() if p.kind != "extra"] if cfg.hooks is None else list(cfg.hooks)
     recorded = hooks + list(cfg.extras)
     height, width, _ = image_size(cfg.model, cfg.height, cfg.width)
     arrays = [ArrayPlan(IMAGES, (n, height, width, 3), "uint8")]

@@ -57,7 +57,7 @@ def load(cfg: RunConfig, device: str = "auto"):
 def describe(model, cfg: RunConfig) -> Layout:
     """Per-image shapes of what the run records, from the model's hook points; unknown names list the valid ones."""
     points = {p.name: p for p in model.hook_points}
-    unet = [n for n, p in points.items() if getattr(p, "kind", "unet") == "unet"]
+    unet = [n for n, p in points.items() if getattr(p, "kind", "unet") != "extra"]  # the denoiser's: U-Net or DiT
     wanted = unet if cfg.hooks is None else list(cfg.hooks)
     unknown = [n for n in wanted if n not in unet]
     if unknown:
