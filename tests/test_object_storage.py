@@ -1,6 +1,7 @@
 """A run on real object storage: an S3-compatible server on 127.0.0.1 (moto's server, which speaks the S3 REST API
 over HTTP and is what s3fs itself tests against), a toy run with `--output s3://bucket/run` through s3fs, its
-process SIGKILLed mid-run and resumed, then the store read with plain zarr + xarray and compared with a local run."""
+process SIGKILLed mid-run and resumed on Ray with a generator actor SIGKILLed mid-shard, then the store read with
+plain zarr + xarray and compared with a local run."""
 
 import os
 import signal
@@ -31,6 +32,21 @@ def finished(proc: subprocess.Popen) -> int:
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     return proc.returncode
+
+
+def kill_one_shard_worker(proc: subprocess.Popen, timeout: float = 120) -> str | None:
+    """SIGKILL the first generator actor seen generating a shard below `proc` (benchmarks/chaos.py's filter: this
+    run's own busy Ray workers, by pid); its title, or None if `proc` ended first."""
+    from test_chaos import load_chaos
+
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        for pid, title in load_chaos().ray_workers(proc.pid).items():
+            if title.startswith("ray::GeneratorActor.run_shard"):
+                os.kill(pid, signal.SIGKILL)
+                return title
+        time.sleep(0.05)
+    return None
 
 
 @pytest.fixture
@@ -81,10 +97,14 @@ def test_a_run_on_s3_survives_a_kill_resumes_and_reads_with_plain_zarr(s3, tmp_p
     done = set(completion_records(url))
     assert 0 in done and len(done) < 6
     assert fs.exists(f"{BUCKET}/run/lease.json")  # the killed run's lease is left behind ...
-    # 2. --resume takes the dead owner's lease over and regenerates exactly the missing shards
+    # 2. --resume, on Ray, takes the dead owner's lease over and regenerates exactly the missing shards, though a
+    #    generator actor is SIGKILLed mid-shard (Ray restarts it; its shard is retried)
     start = time.perf_counter()
-    finished(cli("generate", config, "--no-ray", "--output", url, "--resume"))
+    proc = cli("generate", config, "--output", url, "--resume")
+    killed = kill_one_shard_worker(proc)
+    finished(proc)
     s3_resume_s = time.perf_counter() - start
+    assert killed, "no generator actor was seen at work to kill"
     assert set(completion_records(url)) == set(range(6)) and not fs.exists(f"{BUCKET}/run/lease.json")
     assert scan(url) == []  # every chunk's checksum holds on S3 too
     # 3. plain zarr and xarray read it, equal to the local run bit for bit
