@@ -72,6 +72,7 @@ def s3(monkeypatch):
     server.stop()
 
 
+@pytest.mark.slow
 def test_a_run_on_s3_survives_a_kill_resumes_and_reads_with_plain_zarr(s3, tmp_path):
     import s3fs
     import xarray as xr
