@@ -36,14 +36,14 @@ def check_before_start(cfg: RunConfig, stages: tuple[str, ...], resume: bool) ->
     """Refuse what can be refused cheaply, before Ray starts: a generation's inputs (model, scheduler, dtype, output,
     prompts), a missing run for the later stages, a probe target without a labeler for this model's images, a caption
     control for a model without a text encoder."""
+    if "label" in stages:  # first: a config-only check, before the model is looked up
+        check_run_labelers(cfg)
     if "generate" in stages or "controls" in stages:
         check_inputs(cfg, in_ray_job=bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")))
         if "generate" in stages and not check_output(cfg, resume):
             check_prompts(cfg)  # a new run's prompts: a missing file or column is named now
     else:
         require_run(cfg, stages[0])
-    if "label" in stages:
-        check_run_labelers(cfg)
     if "probe" in stages and "caption" in cfg.probes.controls:
         check_text_encoder(cfg.model)
 
