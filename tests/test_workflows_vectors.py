@@ -85,7 +85,8 @@ def test_findings_and_report_have_the_new_rows(run, rows):
         assert f"### {target}: degrees gained over position" in text
     assert "No claim of the paper's covers normals" in text and "beats the permuted control from step 3" in text
     page = build_report(run).read_text()
-    assert "normals" in page and "light" in page and "degrees gained over position" in page
+    assert "degrees gained over position" in page and "<h3>light</h3>" in page
+    assert "assets/pred_normals_" in page and "pred_light_" not in page  # normals pictured; the light has no map
 
 
 def test_ceiling_arithmetic_on_exact_truth():
