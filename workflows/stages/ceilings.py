@@ -27,6 +27,7 @@ image count; a few seconds for 64 renders.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 import numpy as np
@@ -117,15 +118,14 @@ def read_ceilings(output: str) -> list[dict] | None:
     return None if table is None else table.to_pylist()
 
 
-def ceiling_run(cfg: RunConfig, stream: TextIO | None = None) -> list[dict] | None:
-    """The label stage's last step on the toy model: score the run's labelers of every probe target against exact
-    truth and store the table; kept when it already holds the same labelers and image count. None elsewhere."""
+def ceiling_run(cfg: RunConfig, load: Callable[[str], Labeler], stream: TextIO | None = None) -> list[dict] | None:
+    """The label stage's last step on the toy model: score the run's labelers of every probe target (`load(target)`)
+    against exact truth and store the table; kept when it already holds the same labelers and image count. None
+    elsewhere."""
     if cfg.model != TOY_MODEL or cfg.labels.ceiling_images == 0:
         return None
-    from workflows.stages.labels import labeler_spec, load_labeler
-
     stream = stream or sys.stderr
-    labelers = {t: load_labeler(t, **labeler_spec(cfg, t)) for t in cfg.probes.targets}
+    labelers = {t: load(t) for t in cfg.probes.targets}
     n = cfg.labels.ceiling_images
     kept = read_ceilings(cfg.output)
     if kept and {(r["target"], r["version"], r["n_images"]) for r in kept} == {

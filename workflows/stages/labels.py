@@ -22,6 +22,7 @@ import numpy as np
 from ldm.errors import UserError
 from ldm.labelers import LOADERS, Labeler, check_labelers
 from workflows.config import TARGETS, RunConfig
+from workflows.stages.ceilings import ceiling_run
 from workflows.store import (Records, completion_records, load_run_config, open_store, require_run, shard_ranges,
                              take_images)
 from workflows.store.paths import label_mask, label_records, labels, shard_key
@@ -149,7 +150,5 @@ def label_run(cfg: RunConfig, label_many: LabelRunner | None = None, stream: Tex
             done = label_shards(cfg.output, target, load_labeler(target, **labeler_spec(cfg, target)), todo)
         counts[target] = len(done)
         print(f"labels {target}: {len(done)} shards labelled in {time.monotonic() - start:.1f}s", file=stream, flush=True)
-    from workflows.stages.ceilings import ceiling_run  # the ceilings import the renderer: only the toy model's
-
-    ceiling_run(cfg, stream)
+    ceiling_run(cfg, lambda target: load_labeler(target, **labeler_spec(cfg, target)), stream)
     return counts
