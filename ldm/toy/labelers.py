@@ -3,8 +3,8 @@
 Both are heads of one small U-Net (a shared trunk halves the CPU cost of training; channel 2, a mask of all
 objects, is an auxiliary target that helps the salient head), trained on renders with exact labels by
 `python -m ldm.toy.train_labelers` and stored as safetensors in ldm/toy/weights/ (the normal and light heads: a
-second network of the same size, `NORMALS_WEIGHTS`). They run at 64 x 64 (other image sizes are resized in and out, as MiDaS does with its own
-working resolution).
+second network of the same size, `NORMALS_WEIGHTS`). They run at 64 x 64 (other image sizes are resized in and out,
+as MiDaS does with its own working resolution).
 
 Depth convention (like MiDaS, relative inverse depth): the output is the inverse z-depth 1 / depth, standardised per
 image to mean 0 and standard deviation 1 over its pixels. Larger = nearer. It is defined only up to that per-image
@@ -188,7 +188,8 @@ def unit_normals(raw: torch.Tensor, surface_logit: torch.Tensor) -> torch.Tensor
     return F.normalize(raw, dim=1, eps=1e-6) * (surface_logit > 0).to(raw.dtype)
 
 
-def load_toy_normals_labeler(path: Path | str = NORMALS_WEIGHTS, batch_size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
+def load_toy_normals_labeler(path: Path | str = NORMALS_WEIGHTS,
+                             batch_size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
     """images uint8 `(image, h, w, 3)` -> float32 `(image, h, w, 3)`: unit normals in camera coordinates where the
     network judges a surface, (0, 0, 0) where it judges sky (resized bilinearly to the input size, renormalised)."""
     model = _normal_network(Path(path))
@@ -211,7 +212,8 @@ def load_toy_normals_labeler(path: Path | str = NORMALS_WEIGHTS, batch_size: int
     return label
 
 
-def load_toy_light_labeler(path: Path | str = LIGHT_WEIGHTS, batch_size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
+def load_toy_light_labeler(path: Path | str = LIGHT_WEIGHTS,
+                           batch_size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
     """images uint8 `(image, h, w, 3)` -> float32 `(image, 3)` unit light directions in camera coordinates."""
     model = _normal_network(Path(path))
 
