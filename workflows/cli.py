@@ -142,7 +142,7 @@ def add_run_commands(sub) -> None:
     single = {
         "generate": "generate images and activations into the run's store (Ray)",
         "controls": "generate the control variants (the permuted-weights U-Net) into variants/",
-        "label": "pseudo-label the finished images (depth, salient object)",
+        "label": "pseudo-label the finished images (depth, salient object; normals and light on the toy model)",
         "probe": "fit and score the probe grid with its controls",
         "intervene": "edit activations so probes read moved masks / shifted depth, and score the images",
         "report": "write <output>/report/index.html",
