@@ -66,3 +66,8 @@ def test_normals_and_light_go_through_label_probe_and_report(tmp_path):
         assert ceilings[(target, "angle_pos")]["lo"] > 0 and ceilings[(target, "angle_pos")]["n_images"] == 24
     page = (out / "report" / "index.html").read_text()
     assert "Label ceilings" in page and "labeler ceiling" in page and "degrees gained over position" in page
+    # the ceilings are kept on a resume with the same labelers and count, remade for another count
+    before = (out / "label_ceilings.parquet").stat().st_mtime_ns
+    assert main(["label", config, "--no-ray"]) == 0 and (out / "label_ceilings.parquet").stat().st_mtime_ns == before
+    assert main(["label", config, "--no-ray", "--set", "labels.ceiling_images=8"]) == 0
+    assert {r["n_images"] for r in pq.read_table(out / "label_ceilings.parquet").to_pylist()} == {8}
