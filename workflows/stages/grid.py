@@ -36,7 +36,8 @@ from workflows.store import (Records, load_layout, open_store, read_acts, read_f
                              write_atomic, write_table)
 from workflows.store.paths import PROBE_METRICS, PROBE_ROWS, activations, probe_weights, variant_output
 
-_METRICS = [p + m + s for p in ("", "layer_") for m in dict.fromkeys(METRIC_NAMES.values()) for s in ("", "_lo", "_hi")]
+_METRICS = [p + m + s for p in ("", "layer_") for m in dict.fromkeys(METRIC_NAMES.values())  # (light shares a name)
+            for s in ("", "_lo", "_hi")]
 SCHEMA = pa.schema(
     [("variant", pa.string()), ("hook", pa.string()), ("step", pa.int32()), ("target", pa.string()),
      ("mode", pa.string()), ("n_train", pa.int32()), ("n_test", pa.int32())]

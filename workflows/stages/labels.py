@@ -71,10 +71,10 @@ def _label_array(root, target: str, labeler: Labeler, n: int, height: int, width
         return arr
     shape, dims = label_shape(target, n, height, width)
     attrs = {"labeler": labeler.name, "version": labeler.version}
-    if target in MASKED:  # created first: the labels array's existence says both exist
+    if target in MASKED:  # created first (over any left by a crash here): the labels array's existence says both exist
         root.create_array(label_mask(target), shape=(n, height, width), chunks=(chunk, height, width), dtype="bool",
                           fill_value=False, dimension_names=("image", "y", "x"), attributes=attrs,
-                          compressors=checksummed(compression))
+                          compressors=checksummed(compression), overwrite=True)
     return root.create_array(
         path, shape=shape, chunks=(chunk, *shape[1:]), dtype="float32", fill_value=np.nan,
         dimension_names=dims, attributes=attrs, compressors=checksummed(compression),
