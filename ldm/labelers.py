@@ -1,7 +1,20 @@
-"""Pseudo-labelers behind one interface: images in, one label map per image out, at image resolution.
+"""Pseudo-labelers behind one interface: images in, one label per image out (a map at image resolution, or one
+vector).
 
 Depth labelers return relative inverse depth (larger = nearer), as MiDaS DPT-Large does in the paper; saliency
-labelers return a salient-object probability in [0, 1]. Kinds:
+labelers return a salient-object probability in [0, 1]; normals labelers unit surface normals per pixel in camera
+coordinates (x right, y up, z towards the viewer), (0, 0, 0) where they see no surface (sky): the valid-pixel mask
+is |n| > 0; light labelers one unit light direction per image, in the same coordinates. Output per target
+(`LABEL_SHAPES`, checked on every call):
+
+| target   | output (uint8 images `(image, H, W, 3)` in) |
+|----------|----------------------------------------------|
+| depth    | float32 `(image, H, W)`                      |
+| saliency | float32 `(image, H, W)` in [0, 1]            |
+| normals  | float32 `(image, H, W, 3)` unit or zero      |
+| light    | float32 `(image, 3)` unit                    |
+
+Kinds:
 
 | target   | kind             | default checkpoint                       |
 |----------|------------------|------------------------------------------|
@@ -10,6 +23,11 @@ labelers return a salient-object probability in [0, 1]. Kinds:
 | depth    | `depth-anything` | `LiheYoung/depth-anything-small-hf`      |
 | saliency | `toy`            | the embedded toy saliency CNN            |
 | saliency | `hf`             | none: name a transformers segmentation model (class 1 = salient, or one sigmoid channel) |
+| normals  | `toy`            | the embedded toy normals CNN (toy-world images only) |
+| light    | `toy`            | the embedded toy light head (toy-world images only)  |
+
+No normals or light labeler for real images exists yet (`TOY_WORLD_ONLY`): a run of another model with those targets
+is refused before it starts (`check_labelers`).
 
 Remote code (e.g. BiRefNet) runs only when `trust_remote_code=True` is asked for.
 """
@@ -30,6 +48,13 @@ from ldm.errors import UserError
 
 DEPTH_KINDS = {"toy": None, "dpt": "Intel/dpt-large", "depth-anything": "LiheYoung/depth-anything-small-hf"}
 SALIENCY_KINDS = {"toy": None, "hf": None}
+NORMALS_KINDS = {"toy": None}
+LIGHT_KINDS = {"toy": None}
+KINDS = {"depth": DEPTH_KINDS, "saliency": SALIENCY_KINDS, "normals": NORMALS_KINDS, "light": LIGHT_KINDS}
+LABEL_SHAPES = {"depth": "(image, H, W)", "saliency": "(image, H, W)", "normals": "(image, H, W, 3)",
+                "light": "(image, 3)"}
+TOY_MODEL = "toy"  # the model whose images the toy labelers know
+TOY_WORLD_ONLY = {"normals": ("toy",), "light": ("toy",)}  # target -> kinds that read toy-world images only
 
 
 @dataclass
@@ -38,16 +63,21 @@ class Labeler:
 
     name: str
     version: str
-    target: str  # "depth" or "saliency"
+    target: str  # one of KINDS
     label: Callable[[np.ndarray], np.ndarray]
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """uint8 `(image, H, W, 3)` -> float32 `(image, H, W)`."""
+        """uint8 `(image, H, W, 3)` -> float32 of the target's shape (`LABEL_SHAPES`)."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise UserError(f"labelers take uint8 images (image, H, W, 3); got {images.dtype} {images.shape}")
-        out = self.label(images)
-        return np.asarray(out, dtype=np.float32)
+        out = np.asarray(self.label(images), dtype=np.float32)
+        n, H, W = images.shape[:3]
+        expected = {"normals": (n, H, W, 3), "light": (n, 3)}.get(self.target, (n, H, W))
+        if out.shape != expected:  # a labeler bug, named before anything is stored
+            raise ValueError(f"labeler {self.name} returned {out.shape} for {self.target}, expected "
+                             f"{LABEL_SHAPES.get(self.target)} = {expected}")
+        return out
 
 
 def _file_digest(path: Path) -> str:
@@ -160,3 +190,43 @@ def load_saliency_labeler(
         return _resize(prob, images.shape[1:3], "bilinear").clamp(0, 1).cpu().numpy()
 
     return Labeler("hf-saliency", _hf_version(checkpoint, model), "saliency", label)
+
+
+def load_normals_labeler(kind: str = "toy", checkpoint: str | None = None, device: str = "cpu",
+                         trust_remote_code: bool = False, batch_size: int = 8) -> Labeler:
+    """A surface-normals labeler: uint8 images -> unit normals `(image, H, W, 3)`, zero where it sees no surface."""
+    if kind not in NORMALS_KINDS:
+        raise UserError(f"unknown normals labeler {kind!r}; choose one of {', '.join(NORMALS_KINDS)}")
+    from ldm.toy.labelers import NORMALS_WEIGHTS, load_toy_normals_labeler
+
+    return Labeler("toy-normals", f"toy@{_file_digest(NORMALS_WEIGHTS)}", "normals", load_toy_normals_labeler())
+
+
+def load_light_labeler(kind: str = "toy", checkpoint: str | None = None, device: str = "cpu",
+                       trust_remote_code: bool = False, batch_size: int = 8) -> Labeler:
+    """A light-direction labeler: uint8 images -> one unit direction per image `(image, 3)`."""
+    if kind not in LIGHT_KINDS:
+        raise UserError(f"unknown light labeler {kind!r}; choose one of {', '.join(LIGHT_KINDS)}")
+    from ldm.toy.labelers import LIGHT_WEIGHTS, load_toy_light_labeler
+
+    return Labeler("toy-light", f"toy@{_file_digest(LIGHT_WEIGHTS)}", "light", load_toy_light_labeler())
+
+
+LOADERS = {"depth": load_depth_labeler, "saliency": load_saliency_labeler, "normals": load_normals_labeler,
+           "light": load_light_labeler}
+
+
+def check_labelers(model: str, kinds: dict[str, str]) -> None:
+    """Refuse, before any work, a target whose labeler cannot label `model`'s images: `kinds` maps each target to
+    its labeler kind. An unknown target or kind lists the valid ones; a toy-world-only labeler (`TOY_WORLD_ONLY`) on
+    another model names the fix."""
+    for target, kind in kinds.items():
+        if target not in KINDS:
+            raise UserError(f"unknown label target {target!r}; choose one of {', '.join(KINDS)}")
+        if kind not in KINDS[target]:
+            raise UserError(f"labels.{target}.kind: unknown {target} labeler {kind!r}; choose one of "
+                            f"{', '.join(KINDS[target])}")
+        if kind in TOY_WORLD_ONLY.get(target, ()) and model != TOY_MODEL:
+            raise UserError(f"no {target} labeler for model {model!r}: the only one (labels.{target}.kind: {kind}) "
+                            f"was trained on toy-world renders and reads toy-model images only; remove {target} from "
+                            f"probes.targets (a labeler for real images, e.g. Marigold, is not available yet)")

@@ -6,6 +6,8 @@
   can give, under the cosine); pixels where no training image has a normal get the spherical mean over all valid
   pixels. "Floors face up at the bottom of the frame, walls face the camera at the top" scores here, not beyond it.
 * Position only, light: the spherical mean of the training images' directions ("the light comes from above").
+* Position for free (`with_normal_map`): the map appended to the activations as three channels, so a probe need not
+  rediscover position from the activations to match it.
 * Shuffled-label control (Hewitt & Liang 2019): the same probe fit with each training image's normals (with their
   valid mask) or direction replaced by another training image's (a derangement), so it can learn the labels'
   statistics but not the image's content.
@@ -73,3 +75,13 @@ def fit_direction_control(features: Any, directions: Any, *, seed: int = 0, **kw
     """Shuffled-label control of `fit_direction_ridge`: each training image's direction is another's."""
     d = np.asarray(directions)
     return fit_direction_ridge(features, d[derangement(len(d), seed)], seed=seed, **kwargs)
+
+
+def with_normal_map(acts: np.ndarray, mean_map: np.ndarray) -> np.ndarray:
+    """`(image, h, w, c + 3)`: activations `(image, h, w, c)` with the position-only normals (`mean_normal_map`,
+    area-averaged to `(h, w)` and renormalised) appended as three channels, the vector twin of
+    `baselines.with_position`: a probe on these gets position for free, so what it gains over the map comes from the
+    activations."""
+    n, h, w, _ = acts.shape
+    small = normal_position_prediction(mean_map, 1, h, w)[0].astype(acts.dtype)  # (h, w, 3)
+    return np.concatenate([acts, np.broadcast_to(small[None], (n, h, w, 3))], axis=-1)

@@ -117,8 +117,9 @@ def test_bad_inputs_of_the_controls(tmp_path, run, capsys):
     with pytest.raises(UserError, match="has no text encoder.*remove 'caption' from probes.controls"):
         check_text_encoder(str(folder))
     check_text_encoder("toy")
-    with pytest.raises(UserError, match=r"target\(s\) normals have no position control defined.*saliency, depth"):
-        check_position_controls(["saliency", "normals"])
+    with pytest.raises(UserError, match=r"target\(s\) albedo have no position control defined.*saliency, depth, "
+                                        "normals, light"):
+        check_position_controls(["saliency", "normals", "albedo"])
     run_grid(run, plan_groups(run, hooks=["good"], steps=[0]), prepare_grid_data(run, n_boot=50))
     assert main(["findings", run, "--metric", "dice5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

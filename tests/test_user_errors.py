@@ -72,6 +72,11 @@ def bad_inputs(tmp: Path, run: tuple[str, str]) -> dict[str, list[str]]:
         "report: no run yet": ["report", cfg()],
         "probe: no run yet": ["probe", cfg()],
         "label: no run yet": ["label", cfg()],
+        "run: normals on a model without a normals labeler": [
+            "run", cfg(model="CompVis/stable-diffusion-v1-4", probes={"targets": ["saliency", "normals"]},
+                       stages=["generate", "label", "probe"]), "--no-ray"],
+        "label: unknown light labeler kind": ["label", config, "--no-ray", "--set", "probes.targets=[light]",
+                                              "--set", "labels.light.kind=dpt"],
         "intervene: no probes yet": ["intervene", config, "--resume", "--no-ray"],
         "intervene: hooks causal before the patching map": ["intervene", config, "--resume", "--no-ray", "--set",
                                                             "interventions.saliency_hooks=causal"],

@@ -38,3 +38,36 @@ def test_single_stage_names_the_missing_one(tmp_path, capsys):
     assert main(["probe", "configs/toy.yaml", "--output", str(tmp_path / "none"), *ARGS]) == 2
     err = capsys.readouterr().err
     assert "no generated run" in err and "sceneprobe generate CONFIG" in err
+
+
+def test_normals_and_light_go_through_label_probe_and_report(tmp_path):
+    """A tiny toy run probing only the new targets: labels in their layout, vector probes with their controls, the
+    label ceilings (the trained heads beat position alone against exact truth), the report's rows and ceiling line."""
+    import zarr
+
+    from toy_runs import toy_config
+
+    config, out = toy_config(
+        tmp_path, num_images=12, steps=2, shard_size=4, batch_size=4, hooks=["mid_0"], extras=["latent"],
+        stages=["generate", "label", "probe", "report"], labels={"ceiling_images": 24},
+        probes={"targets": ["normals", "light"], "steps": [1], "bootstrap": 100, "controls": []})
+    assert main(["run", config, "--no-ray"]) == 0
+    root = zarr.open_group(str(out / "store.zarr"), mode="r")
+    assert root["labels/normals"].shape == (12, 64, 64, 3) and root["labels/normals_valid"].dtype == bool
+    assert root["labels/light"].shape == (12, 3)
+    metrics = pq.read_table(out / "probes" / "metrics.parquet").to_pylist()
+    assert {(r["variant"], r["hook"], r["target"]) for r in metrics} == {
+        (v, h, t) for t in ("normals", "light") for v, h in (("ldm", "mid_0"), ("ldm", "latent"), ("shuffled", "mid_0"),
+                                                             ("shuffled", "latent"), ("position", "-"))}
+    assert all(r["error"] is None and r["angle_mean_lo"] <= r["angle_mean"] <= r["angle_mean_hi"] for r in metrics)
+    assert {r["angle_pos"] for r in metrics if r["variant"] == "position"} == {0.0}
+    ceilings = {(r["target"], r["metric"]): r for r in pq.read_table(out / "label_ceilings.parquet").to_pylist()}
+    for target in ("normals", "light"):  # the labelers know more than the layout prior: true signal to probe
+        assert ceilings[(target, "angle_pos")]["lo"] > 0 and ceilings[(target, "angle_pos")]["n_images"] == 24
+    page = (out / "report" / "index.html").read_text()
+    assert "Label ceilings" in page and "labeler ceiling" in page and "degrees gained over position" in page
+    # the ceilings are kept on a resume with the same labelers and count, remade for another count
+    before = (out / "label_ceilings.parquet").stat().st_mtime_ns
+    assert main(["label", config, "--no-ray"]) == 0 and (out / "label_ceilings.parquet").stat().st_mtime_ns == before
+    assert main(["label", config, "--no-ray", "--set", "labels.ceiling_images=8"]) == 0
+    assert {r["n_images"] for r in pq.read_table(out / "label_ceilings.parquet").to_pylist()} == {8}

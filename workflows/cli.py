@@ -87,11 +87,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_findings(args: argparse.Namespace) -> int:
     """The headline comparison of a probed run, as Markdown (and the curves as SVG with --svg)."""
     from workflows.report.findings import format_findings, write_finding_charts
+    from workflows.stages.ceilings import read_ceilings
     from workflows.stages.grid import read_metrics
 
     rows = read_metrics(args.run).to_pylist()
-    print(format_findings(rows, args.margin, args.metric))
-    for path in write_finding_charts(rows, args.svg) if args.svg else []:
+    ceilings = read_ceilings(args.run)  # toy runs: each labeler against exact truth
+    print(format_findings(rows, args.margin, args.metric, ceilings))
+    for path in write_finding_charts(rows, args.svg, ceilings) if args.svg else []:
         print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -140,7 +142,7 @@ def add_run_commands(sub) -> None:
     single = {
         "generate": "generate images and activations into the run's store (Ray)",
         "controls": "generate the control variants (the permuted-weights U-Net) into variants/",
-        "label": "pseudo-label the finished images (depth, salient object)",
+        "label": "pseudo-label the finished images (depth, salient object; normals and light on the toy model)",
         "probe": "fit and score the probe grid with its controls",
         "intervene": "edit activations so probes read moved masks / shifted depth, and score the images",
         "report": "write <output>/report/index.html",

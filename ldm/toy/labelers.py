@@ -2,8 +2,9 @@
 
 Both are heads of one small U-Net (a shared trunk halves the CPU cost of training; channel 2, a mask of all
 objects, is an auxiliary target that helps the salient head), trained on renders with exact labels by
-`python -m ldm.toy.train_labelers` and stored as safetensors in ldm/toy/weights/. They run at 64 x 64 (other image sizes are resized in and out, as MiDaS does with its own
-working resolution).
+`python -m ldm.toy.train_labelers` and stored as safetensors in ldm/toy/weights/ (the normal and light heads: a
+second network of the same size, `NORMALS_WEIGHTS`). They run at 64 x 64 (other image sizes are resized in and out,
+as MiDaS does with its own working resolution).
 
 Depth convention (like MiDaS, relative inverse depth): the output is the inverse z-depth 1 / depth, standardised per
 image to mean 0 and standard deviation 1 over its pixels. Larger = nearer. It is defined only up to that per-image
@@ -33,13 +34,17 @@ from torch import nn
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 WEIGHTS = WEIGHTS_DIR / "toy_labelers.safetensors"
 DEPTH_WEIGHTS = SALIENCY_WEIGHTS = WEIGHTS  # the file each labeler loads (one shared network)
+# the network trained with the normal and light heads (`--normals`): its own file, so the depth and saliency labels
+# of existing runs (and their labeler version) stay those of WEIGHTS
+NORMALS_WEIGHTS = LIGHT_WEIGHTS = WEIGHTS_DIR / "toy_normals_labelers.safetensors"
 # Output channels of the network.
 DEPTH_CHANNEL, SALIENT_CHANNEL, OBJECTS_CHANNEL = 0, 1, 2
 OUT_CHANNELS = 3
 NORMAL_CHANNELS, SURFACE_CHANNEL = slice(3, 6), 6  # with the normal heads (`--normals`)
 NORMALS_OUT_CHANNELS = 7
 REBUILD_COMMAND = "python -m ldm.toy.train_labelers"
-NORMALS_REBUILD_COMMAND = "python -m ldm.toy.train_labelers --normals"
+NORMALS_REBUILD_COMMAND = ("python -m ldm.toy.train_labelers --normals --steps 1600 "
+                           "--out ldm/toy/weights/toy_normals_labelers.safetensors")
 WORK_SIZE = 64  # the labelers' working resolution
 
 Labeler = Callable[[np.ndarray], np.ndarray]
@@ -167,6 +172,9 @@ def load_toy_saliency_labeler(path: Path | str = WEIGHTS, batch_size: int = 64) 
 
 
 def _normal_network(path: Path) -> ToyUNet:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"toy normals labeler weights not found: {path}; rebuild them with "
+                                f"`{NORMALS_REBUILD_COMMAND}`")
     model = load_network(path)
     if model.head.out_channels < NORMALS_OUT_CHANNELS or model.light is None:
         raise RuntimeError(f"toy labeler weights {path} have no normal and light heads; rebuild them with "
@@ -180,7 +188,8 @@ def unit_normals(raw: torch.Tensor, surface_logit: torch.Tensor) -> torch.Tensor
     return F.normalize(raw, dim=1, eps=1e-6) * (surface_logit > 0).to(raw.dtype)
 
 
-def load_toy_normals_labeler(path: Path | str = WEIGHTS, batch_size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
+def load_toy_normals_labeler(path: Path | str = NORMALS_WEIGHTS,
+                             batch_size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
     """images uint8 `(image, h, w, 3)` -> float32 `(image, h, w, 3)`: unit normals in camera coordinates where the
     network judges a surface, (0, 0, 0) where it judges sky (resized bilinearly to the input size, renormalised)."""
     model = _normal_network(Path(path))
@@ -203,7 +212,8 @@ def load_toy_normals_labeler(path: Path | str = WEIGHTS, batch_size: int = 64) -
     return label
 
 
-def load_toy_light_labeler(path: Path | str = WEIGHTS, batch_size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
+def load_toy_light_labeler(path: Path | str = LIGHT_WEIGHTS,
+                           batch_size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
     """images uint8 `(image, h, w, 3)` -> float32 `(image, 3)` unit light directions in camera coordinates."""
     model = _normal_network(Path(path))
 

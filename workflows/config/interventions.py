@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from workflows.config.names import METHODS, TARGETS
+from workflows.config.names import MAP_TARGETS, METHODS
 from workflows.config.schema import ConfigError, state
 
-TASKS = TARGETS  # what the stage edits: the probe targets
+TASKS = MAP_TARGETS  # what the stage edits: the per-pixel probe targets
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,11 @@ from __future__ import annotations
 from ldm.hooks import EXTRAS
 
 STAGES = ("generate", "controls", "label", "probe", "intervene", "report")  # in the order a run chains them
-TARGETS = ("saliency", "depth")  # probe targets, label targets and intervention tasks
+MAP_TARGETS = ("saliency", "depth")  # one number per pixel: the paper's targets, the default, the intervention tasks
+# one unit 3-vector per pixel (surface normals, with a mask of the pixels that have one) or per image (the light
+# direction), in the toy renderer's camera coordinates (ldm.toy.render): probed by `probes.vectors`
+VECTOR_TARGETS = ("normals", "light")
+TARGETS = MAP_TARGETS + VECTOR_TARGETS  # probe targets and label targets
 METHODS = ("paper", "closed-form", "random")  # edit methods (workflows.stages.edits), in the order they run
 # probes.controls: model variants generated for comparison (`permuted`), and feature controls fit beside the grid
 # (`caption`; the position control is always fit: it is the reference of saliency beyond position)
@@ -14,4 +18,5 @@ MODEL_CONTROLS = ("permuted",)
 ACT_DTYPES = ("float16", "bfloat16", "float8_e4m3")  # how activations are stored (workflows.store.act_dtype)
 FEATURE_CONTROLS = ("caption",)
 
-__all__ = ["ACT_DTYPES", "EXTRAS", "FEATURE_CONTROLS", "METHODS", "MODEL_CONTROLS", "STAGES", "TARGETS"]
+__all__ = ["ACT_DTYPES", "EXTRAS", "FEATURE_CONTROLS", "MAP_TARGETS", "METHODS", "MODEL_CONTROLS", "STAGES", "TARGETS",
+           "VECTOR_TARGETS"]

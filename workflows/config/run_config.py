@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from workflows.config.interventions import InterventionConfig
-from workflows.config.names import ACT_DTYPES, EXTRAS, FEATURE_CONTROLS, MODEL_CONTROLS, STAGES, TARGETS
+from workflows.config.names import ACT_DTYPES, EXTRAS, FEATURE_CONTROLS, MAP_TARGETS, MODEL_CONTROLS, STAGES, TARGETS
 from workflows.config.schema import ConfigError, flatten, to_dict
 
 @dataclass
@@ -36,7 +36,8 @@ class PromptsConfig:
 
 @dataclass
 class LabelerConfig:
-    """One pseudo-labeler (see ldm.labelers): kind toy, dpt, depth-anything (depth) or toy, hf (saliency)."""
+    """One pseudo-labeler (see ldm.labelers): kind toy, dpt, depth-anything (depth); toy, hf (saliency); toy
+    (normals, light: toy-world images only)."""
 
     kind: str = "toy"
     checkpoint: str | None = None  # None: the kind's default (Intel/dpt-large for dpt)
@@ -45,10 +46,15 @@ class LabelerConfig:
 
 @dataclass
 class LabelsConfig:
-    """The label stage: which labeler makes each target's pseudo-labels, and where it runs."""
+    """The label stage: which labeler makes each target's pseudo-labels, and where it runs; on the toy model also
+    each labeler's ceiling, its score against the exact truth of `ceiling_images` held-out renders
+    (`workflows.stages.ceilings`; 0: none)."""
 
     saliency: LabelerConfig = field(default_factory=LabelerConfig)
     depth: LabelerConfig = field(default_factory=LabelerConfig)
+    normals: LabelerConfig = field(default_factory=LabelerConfig)
+    light: LabelerConfig = field(default_factory=LabelerConfig)
+    ceiling_images: int = 64
     device: str = "cpu"  # cpu, cuda or auto; with cuda each Ray label task takes one GPU
     shards_per_task: int = 4
 
@@ -57,7 +63,7 @@ class LabelsConfig:
 class ProbesConfig:
     """The probe grid: one probe per (variant, hook, step, target), plus controls."""
 
-    targets: list[str] = field(default_factory=lambda: list(TARGETS))
+    targets: list[str] = field(default_factory=lambda: list(MAP_TARGETS))  # of TARGETS
     mode: str = "ours"  # "ours" (regularised ridge/logistic, alpha on a validation split) or "paper" (Adam, 30 epochs)
     hooks: list[str] | None = None  # None: every recorded hook point and extra
     steps: list[int] | None = None  # None: every step
@@ -169,6 +175,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("hooks: give at least one hook point, or null for all of them")
     if cfg.probes.bootstrap < 10:
         raise ConfigError(f"probes.bootstrap must be >= 10, got {cfg.probes.bootstrap}")
+    if cfg.labels.ceiling_images < 0:
+        raise ConfigError(f"labels.ceiling_images must be >= 0 (0: no label ceilings), got {cfg.labels.ceiling_images}")
     if cfg.labels.shards_per_task < 1:
         raise ConfigError(f"labels.shards_per_task must be >= 1, got {cfg.labels.shards_per_task}")
     return cfg

@@ -173,6 +173,14 @@ def mask_image(mask: np.ndarray) -> np.ndarray:
     return np.repeat((m * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
 
 
+def normal_image(normals: np.ndarray) -> np.ndarray:
+    """Unit normals `(H, W, 3)` as RGB `(H, W, 3)` uint8, the usual (n + 1) / 2 colouring (x red, y green, z blue);
+    zero (no normal: sky) is black."""
+    n = np.nan_to_num(np.asarray(normals, np.float64))
+    rgb = np.clip((n + 1) / 2, 0, 1) * 255
+    return np.where((np.abs(n).sum(-1) > 0)[..., None], rgb, 0).round().astype(np.uint8)
+
+
 def depth_image(depth: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     """A `(H, W)` depth map (larger = nearer) on the colour ramp, bright = near."""
     return ramp(depth, vmin, vmax)

@@ -12,7 +12,8 @@ the test metric with its 95% interval and the LDM's margin over each control, pa
 the LDM's own beyond-position value (what it adds to the layout prior, 0 for position alone).
 
 Judged on the paired interval's lower bound:
-* the paper's claims (issue #5): from step `from_step` on the margin over the permuted control is at least `margin`,
+* the paper's claims (issue #5; saliency and depth only, the paper's targets; for normals and light the first step
+  from which the LDM beats the permuted control and x_t, lower bound above 0): from step `from_step` on the margin over the permuted control is at least `margin`,
   and in steps `xt_steps` the margin over x_t is too;
 * where the image carries more than its text and its layout prior: the first step from which every margin over the
   caption control is above 0, and the first from which the LDM's beyond-position value is above 0. Step 0 (pure
@@ -29,12 +30,12 @@ import numpy as np
 from ldm.errors import UserError
 from probes.metrics import bootstrap_ci
 from probes.selection import best_layer
-from workflows.config import EXTRAS
+from workflows.config import EXTRAS, MAP_TARGETS
 from workflows.report.figures import PALETTE, Series, line_chart_svg
 from workflows.stages.grid_scores import BEYOND_POSITION, HEADLINE as HEADLINE_KEYS, METRIC_NAMES
 
 LABELS = {"dice_tuned": "Dice (threshold chosen on training images)", "dev_pos": "cross-entropy beyond position",
-          "r2_pos": "R2 beyond position"}
+          "r2_pos": "R2 beyond position", "angle_pos": "degrees gained over position"}
 HEADLINE = {t: (METRIC_NAMES[k], LABELS[METRIC_NAMES[k]]) for t, k in HEADLINE_KEYS.items()}
 BEYOND = {t: (METRIC_NAMES[k], LABELS[METRIC_NAMES[k]]) for t, k in BEYOND_POSITION.items()}
 # the measures with per-image values, so their margins can be paired: metric column -> per-image column
@@ -198,9 +199,26 @@ def step_zero_text(table: list[StepComparison]) -> str:
             f"{margin_text(t0, 'position')}, beyond position {signed(t0.beyond)}.")
 
 
-def format_findings(rows: list[dict], margin: float = 0.15, metric: str | None = None) -> str:
+def claim_text(target: str, table: list[StepComparison], margin: float = 0.15, bold: str = "**") -> str:
+    """The claim sentence: the paper's (`check_claim`) for its targets; for the others, from which step on the LDM
+    beats the permuted control and x_t (paired lower bound above 0), the paper making no claim about them."""
+    if target in MAP_TARGETS:
+        claim = check_claim(table, margin)
+        return (f"Claim (the paired interval's lower bound at least {margin}): beats the permuted control from step 3 "
+                f"on: {bold}{verdict(claim['vs_permuted'])}{bold}; beats x_t in steps 2-7: "
+                f"{bold}{verdict(claim['vs_latent'])}{bold}.")
+    over = {c: NOT_TESTABLE if any(c in t.constant for t in table) else
+            NOT_FIT if all(np.isnan(t.margin(c)) for t in table) else first_step_above(table, lambda t: t.margin(c, 1))
+            for c in ("permuted", "latent")}
+    return (f"No claim of the paper's covers {target}; more than the permuted control (lower bound above 0): "
+            f"{bold}{step_text(over['permuted'])}{bold}; more than x_t: {bold}{step_text(over['latent'])}{bold}.")
+
+
+def format_findings(rows: list[dict], margin: float = 0.15, metric: str | None = None,
+                    ceilings: list[dict] | None = None) -> str:
     """Markdown: per target, the chosen layers, a row per step, the claims and where the image beats its text and
-    layout prior. `metric`: judge the targets that have it on it instead of their headline."""
+    layout prior (and, for toy runs, the labeler's ceiling). `metric`: judge the targets that have it on it instead
+    of their headline."""
     if metric is not None and not any(metric in m for m in MEASURES.values()):
         check_metric(next(iter(MEASURES)), metric)  # names the known ones
     parts = []
@@ -210,7 +228,7 @@ def format_findings(rows: list[dict], margin: float = 0.15, metric: str | None =
         name = metric if metric in MEASURES[target] else None
         shown = check_metric(target, name)
         hooks, table = compare(rows, target, shown)
-        claim, beyond = check_claim(table, margin), beyond_text_and_layout(table)
+        beyond = beyond_text_and_layout(table)
         parts.append(f"### {target}: {LABELS[shown]} (test split, 95% intervals over images)\n\n"
                      f"Layers chosen on held-out training images: LDM `{hooks['ldm']}`, permuted control "
                      f"`{hooks['permuted']}`; x_t is the noisy latent; caption and position are the feature controls."
@@ -223,12 +241,10 @@ def format_findings(rows: list[dict], margin: float = 0.15, metric: str | None =
                          f"{_fmt(t, 'caption')} | {_fmt(t, 'position')} | {margin_text(t, 'permuted')} | "
                          f"{margin_text(t, 'latent')} | {margin_text(t, 'caption')} | {margin_text(t, 'position')} | "
                          f"{b} |")
-        parts.append(f"\nClaim (the paired interval's lower bound at least {margin}): beats the permuted control "
-                     f"from step 3 on: **{verdict(claim['vs_permuted'])}**; beats x_t in steps 2-7: "
-                     f"**{verdict(claim['vs_latent'])}**. More than the caption control (lower bound above 0): "
+        parts.append(f"\n{claim_text(target, table, margin)} More than the caption control (lower bound above 0): "
                      f"**{step_text(beyond['caption'])}**; more than the position control: "
                      f"**{step_text(beyond['position'])}**; beyond position (lower bound above 0): "
-                     f"**{step_text(beyond['beyond'])}**. {step_zero_text(table)}\n")
+                     f"**{step_text(beyond['beyond'])}**. {step_zero_text(table)} {ceiling_text(ceilings, target)}\n")
     return "\n".join(parts)
 
 
@@ -242,10 +258,27 @@ def margin_text(t: StepComparison, control: str) -> str:
     return signed(t.margins.get(control, (np.nan,) * 3))
 
 
-def curve_series(rows: list[dict], target: str, metric: str, hooks: dict[str, str | None]) -> list[Series]:
+def ceiling_of(ceilings: list[dict] | None, target: str, metric: str) -> dict | None:
+    """The label-ceiling row (`workflows.stages.ceilings`) drawn beside `target`'s `metric` curve, or None."""
+    return next((c for c in ceilings or () if c["target"] == target and c.get("curve_metric") == metric), None)
+
+
+def ceiling_text(ceilings: list[dict] | None, target: str) -> str:
+    """One sentence: the labeler's own scores against exact truth (toy runs), or "" without them."""
+    found = [c for c in ceilings or () if c["target"] == target]
+    if not found:
+        return ""
+    scores = ", ".join(f"{c['metric']} {c['value']:.3g} [{c['lo']:.3g}, {c['hi']:.3g}]" for c in found)
+    return (f"Label ceiling: the {found[0]['labeler']} labeler against exact truth on {found[0]['n_images']} "
+            f"held-out renders: {scores}.")
+
+
+def curve_series(rows: list[dict], target: str, metric: str, hooks: dict[str, str | None],
+                 ceilings: list[dict] | None = None) -> list[Series]:
     """Per-step `metric` with its interval for the LDM and the shuffled-label control at `hooks["ldm"]`, the permuted
     control at `hooks["permuted"]`, x_t, and the caption and position controls (dashed, one value each): the "when
-    does the scene appear" chart (`figures.line_chart_svg`)."""
+    does the scene appear" chart (`figures.line_chart_svg`); with `ceilings` (toy runs) the labeler's own score in
+    that metric against exact truth, dashed with its interval: the ceiling of what the pseudo-labels tell."""
     lines = [("LDM", "ldm", hooks["ldm"]), ("shuffled", "shuffled", hooks["ldm"]),
              ("permuted", "permuted", hooks.get("permuted")), ("x_t", "ldm", LATENT)]
     series = []
@@ -262,16 +295,25 @@ def curve_series(rows: list[dict], target: str, metric: str, hooks: dict[str, st
         if row is not None and series and np.isfinite(_value(row, metric)) and not is_constant_row(row):
             steps = series[0].x
             series.append(Series(name, steps, np.full(len(steps), _value(row, metric)), color=colour, dashed=True))
+    ceiling = ceiling_of(ceilings, target, metric)
+    if ceiling is not None and series:
+        steps = series[0].x
+        series.append(Series("labeler ceiling", steps, *(np.full(len(steps), ceiling[k]) for k in ("value", "lo", "hi")),
+                             color="#000000", dashed=True))
     return series
 
 
-def write_finding_charts(rows: list[dict], prefix: str) -> list[str]:
-    """The curves of each target as `<prefix>-<target>.svg`; returns the paths written."""
+def write_finding_charts(rows: list[dict], prefix: str, ceilings: list[dict] | None = None) -> list[str]:
+    """The curves of each target as `<prefix>-<target>.svg` (with the label ceilings where given); returns the paths
+    written."""
     paths = []
     for target, (metric, label) in HEADLINE.items():
+        if not any(r["target"] == target for r in rows):
+            continue
         hooks, _ = compare(rows, target)
         if hooks["ldm"] is not None:
-            chart = line_chart_svg(curve_series(rows, target, metric, hooks), title=f"{target} at {hooks['ldm']}",
+            chart = line_chart_svg(curve_series(rows, target, metric, hooks, ceilings),
+                                   title=f"{target} at {hooks['ldm']}",
                                    xlabel="denoising step", ylabel=label)
             Path(f"{prefix}-{target}.svg").write_text(chart)
             paths.append(f"{prefix}-{target}.svg")

@@ -21,12 +21,15 @@ from ldm.errors import UserError
 from probes.resample import upsample_nearest
 from probes.selection import best_probe
 from probes.targets import make_targets
-from workflows.report.findings import (BEYOND, CONSTANT, HEADLINE, beyond_text_and_layout, check_claim, compare,
-                                       curve_series, is_constant_row, margin_text, select_hook, signed, step_text,
-                                       step_zero_text, verdict)
-from workflows.report.figures import Series, depth_image, heatmap_svg, line_chart_svg, mask_image, png_bytes
+from probes.baselines_vectors import with_normal_map
+from workflows.report.findings import (BEYOND, CONSTANT, HEADLINE, beyond_text_and_layout, ceiling_of, ceiling_text,
+                                       claim_text, compare, curve_series, is_constant_row, margin_text, select_hook,
+                                       signed, step_text, step_zero_text)
+from workflows.report.figures import (Series, depth_image, heatmap_svg, line_chart_svg, mask_image, normal_image,
+                                      png_bytes)
 from workflows.report.patching import patching_section
 from workflows.stages.grid import load_probe
+from workflows.stages.ceilings import read_ceilings
 from workflows.stages.grid_data import prepare_grid_data
 from workflows.store import open_store, read_acts, read_file, read_manifest, read_table, stored_config
 from workflows.store.paths import (CALIBRATION_TABLE, INTERVENTION_METRICS, INTERVENTION_SUMMARY, MOVING_OBJECT_GIF,
@@ -163,7 +166,7 @@ def probe_heatmaps(page: Page, rows: list[dict] | None) -> None:
                           f"for all variants.{html.escape(note)}</p><div class='row'>{''.join(figures)}</div>")
 
 
-def probe_curves(page: Page, rows: list[dict] | None) -> None:
+def probe_curves(page: Page, rows: list[dict] | None, ceilings: list[dict] | None = None) -> None:
     page.parts.append("<h2>Probe accuracy over denoising steps</h2>")
     if not rows:
         page.missing("No probe metrics (probes/metrics.parquet).", "probes")
@@ -172,7 +175,12 @@ def probe_curves(page: Page, rows: list[dict] | None) -> None:
         hook = select_hook(rows, target, "ldm")
         if hook is None:
             continue
-        series = curve_series(rows, target, metric, {"ldm": hook, "permuted": select_hook(rows, target, "permuted")})
+        series = curve_series(rows, target, metric, {"ldm": hook, "permuted": select_hook(rows, target, "permuted")},
+                              ceilings)
+        ceiling = ceiling_of(ceilings, target, metric)
+        note = "" if ceiling is None else (
+            f" Black dashed: the labeler's own {ceiling['metric']} against exact truth on {ceiling['n_images']} "
+            "held-out renders (the label ceiling: what the pseudo-labels can tell about the scene).")
         by_hook = []
         values, hooks, steps, _ = grid_of(rows, target, "ldm", metric)
         for i, h in enumerate(hooks):
@@ -180,7 +188,7 @@ def probe_curves(page: Page, rows: list[dict] | None) -> None:
         page.parts.append(
             f"<h3>{target}</h3><p>Left: {label} at <code>{hook}</code> (the LDM layer best on the training split, "
             "averaged over steps; the permuted control at its own best layer; x_t the noisy latent) with 95% "
-            "bootstrap intervals over test images. Right: every LDM layer.</p>"
+            f"bootstrap intervals over test images.{html.escape(note)} Right: every LDM layer.</p>"
             "<div class='row'>"
             + line_chart_svg(series, title=f"{target} at {hook}", xlabel="denoising step", ylabel=label)
             + line_chart_svg(by_hook, title=f"{target}: every layer", xlabel="denoising step", ylabel=label,
@@ -196,6 +204,8 @@ def _grid_data(output: str, targets: tuple[str, ...]):
 
 
 def _label_picture(target: str, values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if target == "normals":
+        return normal_image(values)
     return mask_image(values) if target == "saliency" else depth_image(values, lo, hi)
 
 
@@ -204,7 +214,7 @@ def predictions(page: Page, rows: list[dict] | None, cfg: dict | None, examples:
     if not rows or cfg is None:
         page.missing("Needs a generated run with fitted probes.", "probes" if cfg else "generate")
         return
-    targets = tuple(t for t in PRIMARY if any(r["target"] == t for r in rows))
+    targets = tuple(t for t in PRIMARY if any(r["target"] == t for r in rows) and t != "light")  # light: no map
     data = _grid_data(page.output, targets)
     if data is None:
         page.missing("No labels for the test images.", "labels")
@@ -224,13 +234,17 @@ def predictions(page: Page, rows: list[dict] | None, cfg: dict | None, examples:
             continue
         labels = data.labels[target][1]
         lo, hi = (np.percentile(labels, [2, 98]) if target == "depth" else (0.0, 1.0))
+        features = ((lambda a: with_normal_map(a, data.mean_maps["normals"])) if target == "normals"  # noqa: E731
+                    else (lambda a: a))  # what the target's probe reads (`GroupActs.positioned`)
         lines = []
         for k, image in enumerate(data.test[:examples]):
             cells = [page.img(f"pred_{target}_{image}_image", store["images"][int(image)], f"image {image}"),
                      page.img(f"pred_{target}_{image}_label", _label_picture(target, labels[k], lo, hi), "label")]
             for s in picks:
                 act = np.asarray(read_acts(store, hook, np.array([int(image)]), s), np.float32)
-                pred = upsample_nearest(probes[s].predict(act), *labels.shape[1:])[0]
+                out = probes[s].predict(features(act))  # (1, h, w) or (1, h, w, 3)
+                pred = (upsample_nearest(out.transpose(0, 3, 1, 2), *labels.shape[1:3]).transpose(0, 2, 3, 1)
+                        if out.ndim == 4 else upsample_nearest(out, *labels.shape[1:]))[0]
                 cells.append(page.img(f"pred_{target}_{image}_s{s}", _label_picture(target, pred, lo, hi),
                                       f"probe, step {s}"))
             lines.append(f"<div class='row'>{''.join(cells)}</div>")
@@ -331,7 +345,7 @@ def animation(page: Page) -> None:
                       "alt='moving object'></figure>")
 
 
-def finding(page: Page, rows: list[dict] | None) -> None:
+def finding(page: Page, rows: list[dict] | None, ceilings: list[dict] | None = None) -> None:
     """The LDM's training-split-chosen layer against the permuted control and x_t, step by step."""
     if not rows:
         return
@@ -342,10 +356,12 @@ def finding(page: Page, rows: list[dict] | None) -> None:
                       "the same test images; <i>beyond position</i>: what the LDM's features add to position alone "
                       "(0 for position itself). <code>sceneprobe findings RUN</code> prints the same as Markdown.</p>")
     for target, (metric, label) in HEADLINE.items():
+        if not any(r["target"] == target for r in rows):
+            continue
         hooks, table = compare(rows, target)
         if hooks["ldm"] is None:
             continue
-        claim, beyond = check_claim(table), beyond_text_and_layout(table)
+        beyond = beyond_text_and_layout(table)
         columns = ["step", "LDM", "lo", "hi", "permuted", "x_t", "caption", "position", "LDM - permuted", "LDM - x_t",
                    "LDM - caption", "LDM - position", "beyond position"]
         cells = [dict(zip(columns, (t.step, t.shown("ldm"), t.shown("ldm", 1), t.shown("ldm", 2), t.shown("permuted"),
@@ -354,13 +370,25 @@ def finding(page: Page, rows: list[dict] | None) -> None:
                                     signed(t.beyond)))) for t in table]
         page.parts.append(
             f"<h3>{target}: {html.escape(label)}</h3><p>LDM layer <code>{hooks['ldm']}</code>, permuted "
-            f"<code>{hooks['permuted']}</code>. Margins are paired over the same test images (95% intervals); the claim "
-            "asks the interval's lower bound to be at least 0.15. Over the permuted control from step 3 on: "
-            f"<b>{verdict(claim['vs_permuted'])}</b>; over x_t in steps 2-7: "
-            f"<b>{verdict(claim['vs_latent'])}</b>. More than the caption control (lower bound above 0): "
+            f"<code>{hooks['permuted']}</code>. Margins are paired over the same test images (95% intervals). "
+            f"{claim_text(target, table, bold='<b>')} More than the caption control (lower bound above 0): "
             f"<b>{step_text(beyond['caption'])}</b>; more than the position control: "
             f"<b>{step_text(beyond['position'])}</b>; beyond position: <b>{step_text(beyond['beyond'])}</b>. "
-            f"{html.escape(step_zero_text(table))}</p>" + html_table(cells, columns))
+            f"{html.escape(step_zero_text(table))} {html.escape(ceiling_text(ceilings, target))}</p>"
+            + html_table(cells, columns))
+
+
+def label_ceilings(page: Page, ceilings: list[dict] | None) -> None:
+    """Each labeler against exact truth on held-out renders (toy runs; `workflows.stages.ceilings`)."""
+    if not ceilings:
+        return
+    page.parts.append("<h2>Label ceilings</h2><p>Each labeler of the run scored against the toy renderer's exact truth "
+                      "on held-out renders (mean over images, 95% bootstrap intervals): every probe above is fit and "
+                      "scored against these pseudo-labels, so their error bounds what a probe score says about the "
+                      "scene. <i>curve_metric</i>: the probe metric the value is drawn beside in the curves "
+                      "(<code>label_ceilings.parquet</code>).</p>")
+    page.parts.append(html_table(ceilings, ["target", "metric", "value", "lo", "hi", "n_images", "n_undefined",
+                                            "labeler", "version", "curve_metric"]))
 
 
 def tables(page: Page, rows: list[dict] | None) -> None:
@@ -402,8 +430,10 @@ def build_report(output: str, examples: int = 4, out: str | None = None) -> Path
     inter = read_rows(output, INTERVENTION_SUMMARY)
     overview(page, cfg, probes, inter)
     probe_heatmaps(page, probes)
-    probe_curves(page, probes)
-    finding(page, probes)
+    ceilings = read_ceilings(output)
+    probe_curves(page, probes, ceilings)
+    finding(page, probes, ceilings)
+    label_ceilings(page, ceilings)
     predictions(page, probes, cfg, examples)
     interventions(page, cfg, examples)
     page.parts.append(patching_section(output))

@@ -19,12 +19,13 @@ from pathlib import Path
 import fsspec
 
 from ldm.architecture import describe_hook_points, image_size
-from workflows.config import TARGETS, RunConfig
+from workflows.config import RunConfig
 from workflows.stages.progress import format_bytes
+from workflows.stages.labels import MASKED, label_shape
 from workflows.stages.prompts import build_plan
 from workflows.store import FLOAT32_EXTRAS
 from workflows.store.act_dtype import STORED
-from workflows.store.paths import IMAGES, VARIANTS, labels
+from workflows.store.paths import IMAGES, VARIANTS, label_mask, labels
 
 
 @dataclass
@@ -35,7 +36,7 @@ class ArrayPlan:
 
     @property
     def nbytes(self) -> int:
-        size = {"float16": 2, "float32": 4, "int16": 2, "uint8": 1}[self.dtype]
+        size = {"float16": 2, "float32": 4, "int16": 2, "uint8": 1, "bool": 1}[self.dtype]
         for n in self.shape:
             size *= n
         return size
@@ -76,12 +77,15 @@ def plan_run(cfg: RunConfig, variants: tuple[str, ...] = ("ldm", "permuted", "sh
                                     STORED.get(act_dtype, act_dtype)))
             if act_dtype == "float8_e4m3":  # one float32 scale per (image, step, channel)
                 arrays.append(ArrayPlan(f"{prefix}acts/{name}/scale", (n, cfg.steps, p.channels), "float32"))
-    arrays += [ArrayPlan(labels(t), (n, height, width), "float32") for t in TARGETS]
+    for t in cfg.probes.targets:
+        arrays.append(ArrayPlan(labels(t), label_shape(t, n, height, width)[0], "float32"))
+        if t in MASKED:
+            arrays.append(ArrayPlan(label_mask(t), (n, height, width), "bool"))
     model_variants = [v for v in variants if v in ("ldm", "permuted")]
     groups = len(model_variants) * len(recorded) * cfg.steps
     shuffled = len(recorded) * cfg.steps if "shuffled" in variants else 0  # fit on the model's own slices
     feature_controls = 1 + ("caption" in cfg.probes.controls)  # the position control, and the caption control if asked
-    probes = (groups + shuffled + feature_controls) * len(TARGETS)
+    probes = (groups + shuffled + feature_controls) * len(cfg.probes.targets)
     plan = RunPlan(n_train, n - n_train, arrays, groups, probes, free_bytes=free_space(cfg.output))
     if costs:
         bill(plan, cfg, n, n - n_train, len(model_variants), costs)

@@ -23,18 +23,21 @@ from safetensors.numpy import save as save_safetensors
 
 from ldm.errors import UserError
 from probes.linear import LinearProbe
-from workflows.config import RunConfig
+from probes.vectors import VectorProbe
+from workflows.config import VECTOR_TARGETS, RunConfig
 from workflows.stages.generate import control_configs
 from workflows.stages.grid_controls import control_rows
 from workflows.stages.grid_data import GridData, GroupActs, prepare_grid_data
 from workflows.stages.grid_fit import POSITIONED, fit_and_score
 from workflows.stages.grid_scores import METRIC_NAMES, check_position_controls
+from workflows.stages.grid_vectors import fit_and_score_vector
 from workflows.stages.progress import Progress
 from workflows.store import (Records, load_layout, open_store, read_acts, read_file, read_table, require_run,
                              write_atomic, write_table)
 from workflows.store.paths import PROBE_METRICS, PROBE_ROWS, activations, probe_weights, variant_output
 
-_METRICS = [p + m + s for p in ("", "layer_") for m in METRIC_NAMES.values() for s in ("", "_lo", "_hi")]
+_METRICS = [p + m + s for p in ("", "layer_") for m in dict.fromkeys(METRIC_NAMES.values())  # (light shares a name)
+            for s in ("", "_lo", "_hi")]
 SCHEMA = pa.schema(
     [("variant", pa.string()), ("hook", pa.string()), ("step", pa.int32()), ("target", pa.string()),
      ("mode", pa.string()), ("n_train", pa.int32()), ("n_test", pa.int32())]
@@ -83,7 +86,8 @@ def fit_group(output: str, group: ProbeGroup, data: GridData) -> list[dict]:
     jobs = [(group.variant, False)] + ([("shuffled", True)] if group.variant == "ldm" else [])
     for target in data.labels:
         for variant, shuffled in jobs:
-            metrics, probes = fit_and_score(acts, target, data, shuffled)
+            fit = fit_and_score_vector if target in VECTOR_TARGETS else fit_and_score
+            metrics, probes = fit(acts, target, data, shuffled)
             rows.append(dict(variant=variant, hook=group.hook, step=group.step, target=target, mode=data.mode,
                              n_train=len(data.train), n_test=len(data.test), **metrics))
             weights.update({f"{variant}/{name}/{k}": v for name, probe in probes.items()
@@ -126,13 +130,16 @@ def read_metrics(output: str):
     return table
 
 
-def load_probe(output: str, variant: str, target: str, hook: str, step: int, positioned: bool = False) -> LinearProbe:
+def load_probe(output: str, variant: str, target: str, hook: str, step: int,
+               positioned: bool = False) -> LinearProbe | VectorProbe:
     """A fitted probe from the grid's weights. `positioned=True`: the probe given position for free: for depth the one
     behind `r2_pos`, fit on the activations with the training mean depth map `m`
     (`prepare_grid_data(output).mean_maps["depth"]`) appended as a channel, predicting the deviation from the map
     (its depth is `downsample_area(m, h, w) + probe.predict(baselines.with_position(acts, m))`); for saliency the one
     behind `dev_pos`, on `positional.with_position_features(acts)`. The feature controls (variant position or
-    caption, hook "-", step -1) are in `grid_controls.CONTROL_WEIGHTS`."""
+    caption, hook "-", step -1) are in `grid_controls.CONTROL_WEIGHTS`. Normals and light: a `VectorProbe` on the
+    features `GroupActs.positioned(target)` makes of the activations (`grid_vectors`); the position control fits
+    none."""
     if variant in ("position", "caption"):
         path = probe_weights("controls")
     else:
@@ -141,13 +148,14 @@ def load_probe(output: str, variant: str, target: str, hook: str, step: int, pos
     if data is None:
         raise UserError(f"no fitted probe for {variant} {hook} step {step}; run the probe stage for it first")
     tensors = load_safetensors(data)
-    prefix = f"{variant}/{POSITIONED[target] if positioned else target}/"
+    vector = target in VECTOR_TARGETS
+    prefix = f"{variant}/{POSITIONED[target] if positioned and not vector else target}/"
     fields = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not fields:
         what = f"positioned {target} probe" if positioned else f"probe for {target}"
         raise UserError(f"the {what} at {variant} {hook} step {step} was not stored: it could not be fit (see the "
                         "metrics' error), or the grid predates it (refit the group)")
-    return LinearProbe.from_dict(fields)
+    return VectorProbe.from_dict(fields) if vector else LinearProbe.from_dict(fields)
 
 
 # fit_many(groups) yields (group, rows) as groups finish, in any order

@@ -2,7 +2,8 @@
 exactly like the probes on activations (`grid_fit.fit_and_score`), once per target.
 
 * `position` (always): the position basis (`probes.positional`): the layout prior alone ("objects sit in the
-  middle"). It is also the reference of saliency beyond position.
+  middle"). It is also the reference of saliency beyond position. For normals and light it is the position-only
+  prediction itself, fit on the training labels (the mean normal map, the mean light: `probes.baselines_vectors`).
 * `caption` (`probes.controls: [caption]`): the caption's pooled text embedding (the model's own text encoder,
   `ldm.captions`), its principal components fit on the training captions, times the position basis: the layout a
   reader of the text could predict with the layout prior, before any image exists. At a step where the LDM does not
@@ -22,7 +23,9 @@ from safetensors.numpy import save as save_safetensors
 
 from probes.positional import CaptionBasis, caption_features, position_features
 from workflows.stages.grid_data import GridData, GroupActs
+from workflows.config import VECTOR_TARGETS
 from workflows.stages.grid_fit import fit_and_score
+from workflows.stages.grid_vectors import fit_and_score_vector
 from workflows.store import Layout, load_plan, read_file, write_atomic
 from workflows.store.paths import CAPTION_EMBEDDINGS, probe_weights
 
@@ -78,7 +81,10 @@ def control_rows(output: str, model: str, data: GridData, controls: tuple[str, .
         acts = GroupActs(train, test, data, has_position=True)
         weights.update({f"{name}/basis/{k}": v for k, v in extra.items()})
         for target in data.labels:
-            metrics, probes = fit_and_score(acts, target, data)
+            if target in VECTOR_TARGETS:  # position: the mean normal map / mean light itself, nothing fit
+                metrics, probes = fit_and_score_vector(acts, target, data, baseline=name == "position")
+            else:
+                metrics, probes = fit_and_score(acts, target, data)
             rows.append(dict(variant=name, hook="-", step=-1, target=target, mode=data.mode, n_train=len(data.train),
                              n_test=len(data.test), **metrics))
             weights.update({f"{name}/{key}/{k}": v for key, probe in probes.items() for k, v in probe.to_dict().items()})

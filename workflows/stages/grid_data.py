@@ -1,5 +1,7 @@
 """The probe grid's data: the usable images split into train and test, their labels prepared once (saliency masks
-in {0, 1}, depth standardised with the training split), and what every fit on one activation slice shares.
+in {0, 1}, depth standardised with the training split, normals with their valid-pixel masks, light directions as
+stored) with each target's position-only prediction from the training split (mean map, mean normal map, mean light),
+and what every fit on one activation slice shares.
 Test images never shape a fit.
 
 Splits are numbered: TRAIN (0) and TEST (1) images, and within the training images VAL (2), the validation images
@@ -18,6 +20,7 @@ import numpy as np
 
 from ldm.errors import UserError
 from probes.baselines import position_map, with_position
+from probes.baselines_vectors import mean_direction, mean_normal_map, with_normal_map
 from probes.chunks import StandardisedBlocks
 from probes.blocks import BlockTruth, block_truth
 from probes.fit import fit_probe
@@ -25,7 +28,8 @@ from probes.linear import validation_split
 from probes.metrics import DepthScaler, depth_truth_ranks
 from probes.positional import position_features, with_position_features
 from probes.resample import downsample_area
-from workflows.config import TARGETS
+from probes.vectors import pool_activations
+from workflows.config import MAP_TARGETS
 from workflows.stages.labels import labelled_shards, read_labels
 from workflows.store import complete_images, load_plan, load_run_config
 from workflows.store.paths import variant_output
@@ -33,13 +37,17 @@ from workflows.store.paths import variant_output
 
 TRAIN, TEST, VAL, FIT = 0, 1, 2, 3  # splits (the module docstring)
 VAL_FRACTION = 0.2  # the probes' own (`validation_split`'s default)
+LIGHT_POOL_GRID = 2  # the light probe reads each channel's mean over a 2 x 2 partition of the frame (`pool_activations`)
 
 
 @dataclass
 class GridData:
     """Labels prepared once for the whole grid: saliency masks in {0, 1}, depth standardised with the training split.
 
-    train/test: image indices `(image,)`; labels[target] = (train `(image, H, W)`, test `(image, H, W)`).
+    train/test: image indices `(image,)`; labels[target] = (train, test): `(image, H, W)` for saliency and depth,
+    `(image, H, W, 3)` for normals, `(image, 3)` for the light; masks["normals"] = (train, test) `(image, H, W)` bool,
+    the pixels with a normal; mean_maps: the training mean map `(H, W)` (saliency, depth), the mean normal map
+    `(H, W, 3)`, the mean light `(3,)`.
     """
 
     train: np.ndarray
@@ -50,6 +58,7 @@ class GridData:
     mode: str = "ours"
     seed: int = 0
     n_boot: int = 1000
+    masks: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     _memo: dict[tuple, np.ndarray | dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def _once(self, key: tuple, make: Callable[[], Any]) -> Any:
@@ -63,11 +72,18 @@ class GridData:
         return self._once(("val",), lambda: validation_split(len(self.train), VAL_FRACTION, self.seed))
 
     def split_labels(self, target: str, split: int) -> np.ndarray:
-        """Labels `(image, H, W)` of TRAIN, TEST, VAL or FIT."""
+        """Labels of TRAIN, TEST, VAL or FIT."""
         if split in (TRAIN, TEST):
             return self.labels[target][split]
         return self._once(("split", target, split),
                           lambda: self.labels[target][TRAIN][self.val if split == VAL else ~self.val])
+
+    def split_mask(self, target: str, split: int) -> np.ndarray:
+        """The valid-pixel mask `(image, H, W)` of a masked target (normals) on TRAIN, TEST, VAL or FIT."""
+        if split in (TRAIN, TEST):
+            return self.masks[target][split]
+        return self._once(("mask", target, split),
+                          lambda: self.masks[target][TRAIN][self.val if split == VAL else ~self.val])
 
     def depth_ranks(self, h: int, w: int) -> dict[str, np.ndarray]:
         """Test depth's ranks for Spearman at a layer shape (`metrics.depth_truth_ranks`), computed once per shape."""
@@ -120,10 +136,22 @@ class GroupActs:
         self._positioned: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def positioned(self, target: str) -> tuple[np.ndarray, np.ndarray]:
-        """(train, test) activations with position appended as `target`'s positioned probe takes it."""
+        """(train, test) activations with position appended as `target`'s positioned probe takes it; for the
+        vector targets, the features their probe reads: normals the activations with the mean normal map appended
+        (`baselines_vectors.with_normal_map`), the light the activations pooled per image (`pool_activations`, its
+        probe's bias carries the mean light)."""
         if target not in self._positioned:
-            m = self.data.mean_maps["depth"]
-            add = (lambda a: with_position(a, m)) if target == "depth" else with_position_features
+            if target == "normals":
+                m = self.data.mean_maps["normals"]
+                add = lambda a: with_normal_map(a, m)  # noqa: E731
+            elif target == "light":
+                grid = min(LIGHT_POOL_GRID, *self.train.shape[1:3])
+                add = lambda a: pool_activations(a, grid)  # noqa: E731  (image, grid * grid * c)
+            elif target == "depth":
+                m = self.data.mean_maps["depth"]
+                add = lambda a: with_position(a, m)  # noqa: E731
+            else:
+                add = with_position_features
             self._positioned[target] = (add(self.train), add(self.test))
         return self._positioned[target]
 
@@ -150,7 +178,7 @@ def usable_images(output: str, targets: tuple[str, ...], variants: tuple[str, ..
     return ok
 
 
-def prepare_grid_data(output: str, targets: tuple[str, ...] = TARGETS,
+def prepare_grid_data(output: str, targets: tuple[str, ...] = MAP_TARGETS,
                       variants: tuple[str, ...] = ("ldm",), mode: str = "ours", seed: int = 0,
                       n_boot: int = 1000) -> GridData:
     """Split usable images by the manifest's split and load their labels. Test images never shape a fit."""
@@ -162,14 +190,20 @@ def prepare_grid_data(output: str, targets: tuple[str, ...] = TARGETS,
             f"the probe grid needs >= 2 training and >= 1 test images with activations and labels; have "
             f"{len(train)} train, {len(test)} test. Run the generate and label stages first"
         )
-    labels, maps, scaler = {}, {}, None
+    labels, maps, masks, scaler = {}, {}, {}, None
     for target in targets:
         tr, te = read_labels(output, target, train), read_labels(output, target, test)
-        if target == "saliency":  # any confident foreground pixel counts, as the paper binarises TRACER's map
+        if target == "normals":  # (image, H, W, 3) with the pixels that have a normal
+            masks[target] = (read_labels(output, target, train, mask=True), read_labels(output, target, test, mask=True))
+            maps[target] = mean_normal_map(tr, masks[target][0])
+        elif target == "light":  # (image, 3)
+            maps[target] = mean_direction(tr)
+        elif target == "saliency":  # any confident foreground pixel counts, as the paper binarises TRACER's map
             tr, te = (tr > 0.5).astype(np.float32), (te > 0.5).astype(np.float32)
         else:
             scaler = DepthScaler.fit(tr)
             tr, te = scaler.transform(tr), scaler.transform(te)
         labels[target] = (tr, te)
-        maps[target] = position_map(tr)
-    return GridData(train, test, labels, maps, scaler, mode, seed, n_boot)
+        if target in MAP_TARGETS:
+            maps[target] = position_map(tr)
+    return GridData(train, test, labels, maps, scaler, mode, seed, n_boot, masks)

@@ -26,15 +26,26 @@ from probes.metrics import (
 from probes.resample import upsample_nearest
 from workflows.stages.grid_data import FIT, TEST, TRAIN, GridData
 
-METRIC_NAMES = {  # probes.metrics keys -> metrics.parquet columns (docs/CONTRACTS.md)
+METRIC_NAMES = {  # probes.metrics / probes.angular keys -> metrics.parquet columns (docs/CONTRACTS.md)
     "dice_fg": "dice", "dice_bg": "dice_bg", "iou": "iou", "auroc": "auroc", "ap": "ap", "dice_tuned": "dice_tuned",
     "deviance_beyond_position": "dev_pos",
     "rmse": "rmse", "spearman": "spearman", "pearson": "pearson", "r2_beyond_position": "r2_pos",
+    # normals and light (`grid_vectors`): degrees; the light's per-image error is its mean's value
+    "angular_mean": "angle_mean", "angular_error": "angle_mean", "angular_median": "angle_median",
+    "within_11.25": "within_11", "within_22.5": "within_22", "within_30": "within_30",
+    "angle_beyond_position": "angle_pos",
 }
 METRIC_KEYS = {"saliency": ("dice_fg", "dice_bg", "iou", "auroc", "ap", "dice_tuned", "deviance_beyond_position"),
-               "depth": ("rmse", "pearson", "spearman", "r2_beyond_position")}
-HEADLINE = {"saliency": "dice_tuned", "depth": "r2_beyond_position"}
-BEYOND_POSITION = {"saliency": "deviance_beyond_position", "depth": "r2_beyond_position"}
+               "depth": ("rmse", "pearson", "spearman", "r2_beyond_position"),
+               "normals": ("angular_mean", "angular_median", "within_11.25", "within_22.5", "within_30",
+                           "angle_beyond_position"),
+               "light": ("angular_error", "within_11.25", "within_22.5", "within_30", "angle_beyond_position")}
+# normals and light: degrees gained over the position-only prediction (mean normal map, mean light), per image
+# `error(position) - error(probe)`: higher is better and 0 for position alone, like the other headlines
+HEADLINE = {"saliency": "dice_tuned", "depth": "r2_beyond_position", "normals": "angle_beyond_position",
+            "light": "angle_beyond_position"}
+BEYOND_POSITION = {"saliency": "deviance_beyond_position", "depth": "r2_beyond_position",
+                   "normals": "angle_beyond_position", "light": "angle_beyond_position"}
 
 
 def check_position_controls(targets) -> None:

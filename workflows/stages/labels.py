@@ -1,7 +1,10 @@
 """The label stage: pseudo-labels for every finished image, stored beside the activations.
 
-Labels live in the run's Zarr store as `labels/<target>` `(image, y, x)` float32 at image resolution, with the
-labeler's name and version as attributes. Work goes shard by shard (a shard's images exist only once its completion
+Labels live in the run's Zarr store as `labels/<target>` float32 with the labeler's name and version as attributes:
+`(image, y, x)` at image resolution for saliency and depth; `(image, y, x, 3)` unit normals (zero where the labeler
+sees no surface) for normals, with `labels/normals_valid` `(image, y, x)` bool, the pixels that have one; `(image, 3)`
+unit directions for the light. On the toy model the stage also scores each labeler against exact truth
+(`workflows.stages.ceilings`). Work goes shard by shard (a shard's images exist only once its completion
 record does); `label_records/<target>/<shard>.json` is written after each shard's labels, so a killed stage resumes
 where it stopped and parallel tasks never write the same file. A store labelled by one labeler version is never silently mixed with another.
 """
@@ -17,25 +20,42 @@ from typing import TextIO
 import numpy as np
 
 from ldm.errors import UserError
-from ldm.labelers import Labeler, load_depth_labeler, load_saliency_labeler
+from ldm.labelers import LOADERS, Labeler, check_labelers
 from workflows.config import TARGETS, RunConfig
+from workflows.stages.ceilings import ceiling_run
 from workflows.store import (Records, completion_records, load_run_config, open_store, require_run, shard_ranges,
                              take_images)
-from workflows.store.paths import label_records, labels, shard_key
+from workflows.store.paths import label_mask, label_records, labels, shard_key
 from workflows.store.run_store import checksummed
+
+MASKED = ("normals",)  # targets stored with a valid-pixel mask (`label_mask`)
 
 
 def load_labeler(target: str, kind: str = "toy", checkpoint: str | None = None, device: str = "cpu",
                  trust_remote_code: bool = False) -> Labeler:
-    """The labeler for `target` ("saliency" or "depth")."""
+    """The labeler for `target` (one of TARGETS)."""
     if target not in TARGETS:
         raise UserError(f"unknown label target {target!r}; choose one of {', '.join(TARGETS)}")
-    load = load_depth_labeler if target == "depth" else load_saliency_labeler
-    return load(kind, checkpoint=checkpoint, device=device, trust_remote_code=trust_remote_code)
+    return LOADERS[target](kind, checkpoint=checkpoint, device=device, trust_remote_code=trust_remote_code)
+
+
+def check_run_labelers(cfg: RunConfig) -> None:
+    """Every probe target has a labeler that can label this model's images (`ldm.labelers.check_labelers`): one
+    `error:` line before any work starts."""
+    check_labelers(cfg.model, {t: getattr(cfg.labels, t).kind for t in cfg.probes.targets})
 
 
 def labelled_shards(output: str, target: str) -> set[int]:
     return {int(key) for key in Records(output, label_records(target)).done()}
+
+
+def label_shape(target: str, n: int, height: int, width: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The shape and dimension names of `labels/<target>` for n images of (height, width)."""
+    if target == "normals":
+        return (n, height, width, 3), ("image", "y", "x", "xyz")
+    if target == "light":
+        return (n, 3), ("image", "xyz")
+    return (n, height, width), ("image", "y", "x")
 
 
 def _label_array(root, target: str, labeler: Labeler, n: int, height: int, width: int, chunk: int, compression: str):
@@ -49,10 +69,15 @@ def _label_array(root, target: str, labeler: Labeler, n: int, height: int, width
                 f"{labeler.version}; use the same labeler, or a new run to relabel"
             )
         return arr
+    shape, dims = label_shape(target, n, height, width)
+    attrs = {"labeler": labeler.name, "version": labeler.version}
+    if target in MASKED:  # created first (over any left by a crash here): the labels array's existence says both exist
+        root.create_array(label_mask(target), shape=(n, height, width), chunks=(chunk, height, width), dtype="bool",
+                          fill_value=False, dimension_names=("image", "y", "x"), attributes=attrs,
+                          compressors=checksummed(compression), overwrite=True)
     return root.create_array(
-        path, shape=(n, height, width), chunks=(chunk, height, width), dtype="float32", fill_value=np.nan,
-        dimension_names=("image", "y", "x"), attributes={"labeler": labeler.name, "version": labeler.version},
-        compressors=checksummed(compression),
+        path, shape=shape, chunks=(chunk, *shape[1:]), dtype="float32", fill_value=np.nan,
+        dimension_names=dims, attributes=attrs, compressors=checksummed(compression),
     )
 
 
@@ -72,7 +97,10 @@ def label_shards(output: str, target: str, labeler: Labeler, shards: Sequence[in
     todo = sorted(ready if shards is None else ready & set(shards))
     for shard in todo:
         start, stop = ranges[shard]
-        array[start:stop] = labeler(images[start:stop])
+        out = labeler(images[start:stop])
+        if target in MASKED:  # the pixels with a label: a labeler marks the others with the zero vector
+            root[label_mask(target)][start:stop] = np.linalg.norm(out, axis=-1) > 0
+        array[start:stop] = out
         record = {"shard": shard, "labeler": labeler.name, "version": labeler.version}
         Records(output, label_records(target)).write(shard_key(shard), record)
         if on_shard:
@@ -80,12 +108,13 @@ def label_shards(output: str, target: str, labeler: Labeler, shards: Sequence[in
     return todo
 
 
-def read_labels(output: str, target: str, images: np.ndarray | None = None) -> np.ndarray:
-    """Labels `(image, H, W)` float32 for `images` (indices; default all). Raises naming any image without labels."""
+def read_labels(output: str, target: str, images: np.ndarray | None = None, mask: bool = False) -> np.ndarray:
+    """Labels float32 for `images` (indices; default all), of the target's shape (`label_shape`); `mask`: the
+    valid-pixel mask `(image, H, W)` bool of a MASKED target instead. Raises naming any image without labels."""
     root = open_store(output)
     if labels(target) not in root:
         raise UserError(f"no {target} labels in {output}; run the label stage first (`sceneprobe label CONFIG`)")
-    array = root[labels(target)]
+    array = root[label_mask(target) if mask else labels(target)]
     index = np.arange(array.shape[0]) if images is None else np.asarray(images)
     cfg = load_run_config(output)
     done = labelled_shards(output, target)
@@ -109,6 +138,7 @@ def label_run(cfg: RunConfig, label_many: LabelRunner | None = None, stream: Tex
     """Label every complete, unlabelled shard for each probe target; returns the shards labelled now per target.
     `label_many` executes the labelling (`workflows.ray.tasks.label_runner`); default: this process."""
     require_run(cfg, "label")
+    check_run_labelers(cfg)
     stream = stream or sys.stderr
     counts = {}
     for target in cfg.probes.targets:
@@ -120,4 +150,5 @@ def label_run(cfg: RunConfig, label_many: LabelRunner | None = None, stream: Tex
             done = label_shards(cfg.output, target, load_labeler(target, **labeler_spec(cfg, target)), todo)
         counts[target] = len(done)
         print(f"labels {target}: {len(done)} shards labelled in {time.monotonic() - start:.1f}s", file=stream, flush=True)
+    ceiling_run(cfg, lambda target: load_labeler(target, **labeler_spec(cfg, target)), stream)
     return counts

@@ -9,11 +9,14 @@ docs/store.md):
       acts/<name>/act         (image, step, h, w, c) float16 per hook point (attrs["act_dtype"]; bfloat16 runs store the
                               bits as int16, float8_e4m3 runs uint8 codes with acts/<name>/scale (image, step, c)
                               float32: read them with `read_acts`); float32 for the "latent" and "x0" extras
-      labels/<target>         (image, y, x) float32 pseudo-labels (the label stage)
+      labels/<target>         float32 pseudo-labels (the label stage): (image, y, x) for saliency and depth;
+                              (image, y, x, 3) unit normals in camera coordinates (0 where the labeler sees no
+                              surface) with labels/normals_valid (image, y, x) bool; (image, 3) unit light directions
       interventions/<task>/<method>/images   (image, target, y, x, rgb) uint8 edited test images
     shards/<shard>.json       completion record, written last: the shard's data is valid only if this exists
     shards/<shard>.failed.json  written when a shard failed all its attempts; removed when it later completes
     label_records/<target>/<shard>.json      a label shard's completion record
+    label_ceilings.parquet    toy model: each labeler scored against exact truth on held-out renders
     probes/rows/<variant>/<hook>/<step>.json a probe group's completion record (its metric rows)
     probes/weights/...        the fitted probes (safetensors; controls.safetensors the feature controls'); probes/
                               metrics.parquet the grid's table; probes/captions.safetensors the caption embeddings

@@ -17,6 +17,7 @@ INTERVENTION_RECORDS = "interventions/records"  # interventions/records/<unit ke
 PATCHING_RECORDS = "interventions/patching/records"  # interventions/patching/records/<image:06d>.json: a pair's rows
 
 PROBE_METRICS = "probes/metrics.parquet"
+LABEL_CEILINGS = "label_ceilings.parquet"  # each labeler scored against exact truth (toy runs, the label stage)
 CAPTION_EMBEDDINGS = "probes/captions.safetensors"  # image (image,) int64, embedding (image, d): the caption control's
 INTERVENTIONS = "interventions"  # the intervention stage's folder
 INTERVENTION_CONFIG = f"{INTERVENTIONS}/config.json"
@@ -53,8 +54,14 @@ def activation_scales(hook: str) -> str:
 
 
 def labels(target: str) -> str:
-    """(image, y, x) float32 pseudo-labels."""
+    """float32 pseudo-labels: (image, y, x) for saliency and depth, (image, y, x, 3) unit or zero for normals,
+    (image, 3) unit for the light."""
     return f"labels/{target}"
+
+
+def label_mask(target: str) -> str:
+    """(image, y, x) bool: the pixels with a label (normals: where the labeler sees a surface)."""
+    return f"labels/{target}_valid"
 
 
 def probe_weights(group_path: str) -> str:

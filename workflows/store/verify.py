@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from workflows.config import TARGETS
 from workflows.store.files import filesystem
-from workflows.store.paths import IMAGES, VARIANTS, activations, label_records, labels, shard_key
+from workflows.store.paths import IMAGES, VARIANTS, activations, label_mask, label_records, labels, shard_key
 from workflows.store.records import Records
 from workflows.store.run_store import is_checksum_error, load_layout, load_run_config, open_store, shard_records
 
@@ -50,7 +50,8 @@ def scan(output: str, progress: Callable[[str], None] | None = None) -> list[Dam
     """Every damaged block of one store: each array is read one Zarr shard (or chunk) of images at a time."""
     cfg = load_run_config(output)  # first: names a folder that holds no run
     root, layout = open_store(output), load_layout(output)
-    arrays = [IMAGES] + [activations(h) for h in layout.acts] + [labels(t) for t in TARGETS if labels(t) in root]
+    arrays = [IMAGES] + [activations(h) for h in layout.acts] + [
+        path for t in TARGETS for path in (labels(t), label_mask(t)) if path in root]
     found = []
     for k, path in enumerate(arrays):
         array = root[path]
@@ -73,7 +74,7 @@ def take_back(damage: list[Damage]) -> None:
     labels; `--resume` then rewrites them."""
     for d in damage:
         reason = {"damaged": d.array, "images": list(d.images)}
-        target = next((t for t in TARGETS if d.array == labels(t)), None)
+        target = next((t for t in TARGETS if d.array in (labels(t), label_mask(t))), None)
         records = Records(d.output, label_records(target)) if target else shard_records(d.output)
         records.unpublish(shard_key(d.shard), reason)
 
