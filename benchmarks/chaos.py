@@ -6,10 +6,10 @@ workers, and once removes a whole node; the run must end equal to a calm one, ar
 
 1. Start a `ray.cluster_utils.Cluster` of `--nodes` simulated nodes (a head and workers, `--cpus` CPUs each).
 2. The calm run: the config's stages one at a time into <root>/calm, each timed.
-3. The chaos run: the same into <root>/chaos, while a killer thread SIGKILLs a random busy process of this run's Ray
-   workers (generator, label, probe-grid, patching and intervention workers: descendants of this process whose title
-   starts with `ray::`; idle ones, actors still loading and Ray's own agents are left alone, as are the raylets and
-   the GCS): the first of each kind it sees in a stage at once, then one every `--every` seconds, up to `--kills` of
+3. The chaos run: the same into <root>/chaos, while a killer thread SIGKILLs a random process of this run's Ray
+   workers (generator, label, probe-grid, patching and intervention actors, between calls or in one, and task
+   workers running a task: descendants of this process whose title starts with `ray::`; pooled idle workers, actors
+   still loading and Ray's own agents are left alone, as are the raylets and the GCS): the first of each kind it sees in a stage at once, then one every `--every` seconds, up to `--kills` of
    each kind (GeneratorActor, _label_task, _fit_group_task, PatchingActor, InterventionActor, _animate) per stage:
    faults without end would outpace any retry on a small machine, and a few per kind still exhaust a unit's retries
    at times, which the resume must then repair. Once, `--remove-after` seconds into the stage `--remove-node-in`, it removes a
@@ -56,7 +56,7 @@ def kind(title: str) -> str:
 
 
 def ray_workers(root_pid: int) -> dict[int, str]:
-    """{pid: process title} of the busy Ray workers below `root_pid` (Linux /proc: a worker's title is
+    """{pid: process title} of the Ray actors and working task workers below `root_pid` (Linux /proc: a worker's title is
     `ray::<actor or task>`): the only processes the killer may touch, since this run started them. An actor still in
     its constructor is left alone: it is Ray restarting one (reloading its model), and kills faster than a reload would
     starve any system of actors, which tests nothing."""
