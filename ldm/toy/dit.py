@@ -122,13 +122,16 @@ def to_pipeline(model: ToyDiT) -> ToySD3Pipeline:
 
 
 def save_pipeline(model: ToyDiT, folder: str | Path) -> Path:
-    """A stock `StableDiffusion3Pipeline` folder (safetensors). The subclass's name is not written: diffusers can only
-    resolve its own class names from model_index.json."""
+    """A stock `StableDiffusion3Pipeline` folder (safetensors); `sceneprobe_pipeline.json` tells `ldm.loading` to load
+    it as `ToySD3Pipeline` (model_index.json keeps the stock name: diffusers resolves only its own class names)."""
+    import json
+
     folder = Path(folder)
-    pipe = to_pipeline(model)
-    pipe.save_pretrained(str(folder), safe_serialization=True)
+    to_pipeline(model).save_pretrained(str(folder), safe_serialization=True)
     index = folder / "model_index.json"
     index.write_text(index.read_text().replace('"ToySD3Pipeline"', '"StableDiffusion3Pipeline"'))
+    (folder / "sceneprobe_pipeline.json").write_text(json.dumps({
+        "class": "ToySD3Pipeline", "why": "no T5: prompts are the CLIP tokens only, without SD3's zero padding"}) + "\n")
     return folder
 
 
