@@ -108,13 +108,6 @@ def find_unet_hook_points(unet: torch.nn.Module, latent_height: int, latent_widt
     return points
 
 
-def find_hook_points(pipe, latent_height: int, latent_width: int) -> list[HookPoint]:
-    """The denoiser's hook points followed by the extras; see `ldm.denoisers.find_hook_points`."""
-    from ldm.denoisers import find_hook_points as find  # ldm.denoisers builds on this module
-
-    return find(pipe, latent_height, latent_width)
-
-
 def denoiser_of(pipe) -> torch.nn.Module:
     """The network the sampling loop calls each step: `pipe.transformer` if the pipeline has one, else `pipe.unet`."""
     denoiser = getattr(pipe, "transformer", None)
