@@ -83,3 +83,13 @@ def test_the_folder_is_a_stock_sd3_pipeline_that_sceneprobe_loads(short_runs):
     with pytest.raises(UserError, match="scheduler 'lms' cannot run this model"):
         load_model(str(folder), scheduler="lms")
 
+
+
+def test_init_from_starts_a_fresh_run_at_a_folders_weights(short_runs, tmp_path):
+    whole_out = short_runs[0]
+    cfg = DiTTrainConfig(data=str(short_runs[0].parent / "renders"), n_scenes=32, batch=4, steps=0,
+                         out=str(tmp_path / "out"), state_dir=str(tmp_path / "state"), init_from=str(whole_out))
+    train(cfg)  # zero steps: the saved pipeline is the folder it started from
+    a = load_file(str(whole_out / "transformer" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "out" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -2,6 +2,7 @@
 
     python -m ldm.toy.train_dit --out ldm/toy/dit --max-minutes 75 --threads 1      # see docs/toy-ldm.md, "The toy DiT"
     python -m ldm.toy.train_dit --out ldm/toy/dit --resume --max-minutes 60          # continue where it stopped
+    python -m ldm.toy.train_dit --out runs/toy-dit2 --init-from ldm/toy/dit --max-minutes 60  # without the state
     python -m ldm.toy.train_dit --out ldm/toy/dit --samples docs/toy-dit-samples.png
 
 The VAE is the toy LDM's, frozen: latents are its posterior means of the renders (encoded once, cached in the state
@@ -65,6 +66,7 @@ class DiTTrainConfig:
     save_every_s: float = 300.0
     max_minutes: float = 0.0  # wall-clock cap (0 = none)
     threads: int = 1
+    init_from: str = ""  # a toy DiT folder (e.g. ldm/toy/dit) whose weights start a fresh run ("" = random init)
 
 
 def sample_sigmas(n: int, cfg: DiTTrainConfig, shift: float, gen: torch.Generator) -> torch.Tensor:
@@ -123,6 +125,10 @@ def train(cfg: DiTTrainConfig, resume: bool = False) -> ToyDiT:
             m.load_state_dict(load_file(str(state_dir / f"{name}.safetensors")))
     elif resume:
         print(f"note: --resume but no {state_dir / 'state.json'}: starting fresh", flush=True)
+    if cfg.init_from and state["step"] == 0:  # continue a published folder's (EMA) weights without its state
+        init = load_pipeline(cfg.init_from)
+        for name, m in modules.items():
+            m.load_state_dict(getattr(init, name).state_dict())
     log = Log(out / "train_log.csv", {"dit": state["step"]})
     images, captions = load_dataset(cfg.data, cfg.n_scenes)
     latents = cached_latents(model, images, state_dir, cfg.n_scenes)
