@@ -96,3 +96,20 @@ def describe_hook_points(model: str, height: int | None = None, width: int | Non
     height, width = height or native, width or native
     pipe = SimpleNamespace(**{component: denoiser}, vae=SimpleNamespace(config=SimpleNamespace(**vae_config)))
     return find_hook_points(pipe, height // vae_scale, width // vae_scale)
+
+
+def native_scheduler(model: str) -> str | None:
+    """The scheduler class `model`'s model_index.json names (e.g. "FlowMatchEulerDiscreteScheduler"), read from a local
+    folder, the Hugging Face cache or the shipped configs; None where none of them has it (never the network: this
+    is a cheap check before a run starts, and the model's own load checks again)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = resolve_model_path(model)
+    local = Path(path) / "model_index.json"
+    shipped = SHIPPED / path.replace("/", "--") / "model_index.json"
+    cached = None if local.is_file() else try_to_load_from_cache(path, "model_index.json")
+    for candidate in (local, cached, shipped):
+        if isinstance(candidate, (str, Path)) and Path(candidate).is_file():
+            entry = json.loads(Path(candidate).read_text()).get("scheduler")
+            return entry[1] if entry and entry[1] else None
+    return None

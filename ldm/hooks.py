@@ -108,13 +108,6 @@ def find_unet_hook_points(unet: torch.nn.Module, latent_height: int, latent_widt
     return points
 
 
-def find_hook_points(pipe, latent_height: int, latent_width: int) -> list[HookPoint]:
-    """The denoiser's hook points followed by the extras; see `ldm.denoisers.find_hook_points`."""
-    from ldm.denoisers import find_hook_points as find  # ldm.denoisers builds on this module
-
-    return find(pipe, latent_height, latent_width)
-
-
 def denoiser_of(pipe) -> torch.nn.Module:
     """The network the sampling loop calls each step: `pipe.transformer` if the pipeline has one, else `pipe.unet`."""
     denoiser = getattr(pipe, "transformer", None)
@@ -132,6 +125,24 @@ NAME_FAMILIES = {
 
 def _family_of_name(name: str) -> str | None:
     return next((family for family, pattern in NAME_FAMILIES.items() if pattern.fullmatch(name)), None)
+
+
+# A hook name's section in its network's forward order: a U-Net's down < mid < up blocks, Flux's double-stream <
+# single-stream blocks; SD3's and PixArt's blocks are one section. Extras (`latent`, `vae_mid`) come after all.
+SECTIONS = {"down": 0, "mid": 1, "up": 2, "joint": 0, "double": 0, "block": 0, "single": 1}
+
+
+def hook_position(name: str) -> tuple:
+    """Sort key of a hook name in its network's forward order: section, then the block (and layer) numbers, then the
+    name (`joint_k` before `joint_k_out`). Flux's `single_0` comes after every `double_k`, a U-Net's `up_0_0` after
+    `mid_0`."""
+    return SECTIONS.get(name.split("_")[0], len(SECTIONS)), [int(n) for n in re.findall(r"\d+", name)], name
+
+
+def is_block_output(name: str) -> bool:
+    """Whether a hook point is a whole block's output (SD3's `joint_k_out`) rather than an attention output (every
+    U-Net point, `joint_k`, `double_k`, `single_k`, `block_k`)."""
+    return name.endswith("_out")
 
 
 def select_hook_points(points: Sequence[HookPoint], names: Sequence[str] | None) -> list[HookPoint]:

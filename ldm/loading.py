@@ -31,6 +31,13 @@ from ldm.quiet import quiet_known_noise
 TOY_MODEL = "toy"
 TOY_CHECKPOINT = Path(__file__).parent / "toy" / "checkpoint"
 TOY_REBUILD = "python -m ldm.toy.train_ldm --out ldm/toy/checkpoint"
+TOY_DIT_MODEL = "toy-dit"  # the embedded toy DiT (ldm.toy.dit): an SD3-style MMDiT beside the toy U-Net
+TOY_DIT_CHECKPOINT = Path(__file__).parent / "toy" / "dit"
+TOY_DIT_REBUILD = "python -m ldm.toy.train_dit --out ldm/toy/dit"
+# A pipeline folder may name one of these subclasses in `sceneprobe_pipeline.json` ({"class": NAME}): model_index.json
+# keeps the stock class (diffusers resolves only its own names), the subclass changes how prompts are encoded.
+PIPELINE_SUBCLASSES = {"ToySD3Pipeline": "ldm.toy.dit"}
+PIPELINE_MARKER = "sceneprobe_pipeline.json"
 
 SCHEDULERS = {
     "lms": "LMSDiscreteScheduler",
@@ -165,12 +172,17 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_model_path(model: str) -> str:
-    """The toy model's folder for "toy"; a local folder as is; otherwise a hub id (returned unchanged)."""
+    """The toy models' folders for "toy" and "toy-dit"; a local folder as is; otherwise a hub id (returned unchanged)."""
     if model == TOY_MODEL:
         index = TOY_CHECKPOINT / "model_index.json"
         if not index.is_file():
             raise UserError(f"the toy model checkpoint is missing ({index}); rebuild it with `{TOY_REBUILD}`")
         return str(TOY_CHECKPOINT)
+    if model == TOY_DIT_MODEL:
+        index = TOY_DIT_CHECKPOINT / "model_index.json"
+        if not index.is_file():
+            raise UserError(f"the toy DiT checkpoint is missing ({index}); rebuild it with `{TOY_DIT_REBUILD}`")
+        return str(TOY_DIT_CHECKPOINT)
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
@@ -202,6 +214,14 @@ def _pipeline_class(model_path: str):
         ) from None
     name = index.get("_class_name", "StableDiffusionPipeline")
     cls = getattr(diffusers, name, None)
+    marker = Path(model_path) / PIPELINE_MARKER
+    if marker.is_file():
+        sub = json.loads(marker.read_text()).get("class")
+        if sub not in PIPELINE_SUBCLASSES:
+            raise UserError(f"{marker}: unknown pipeline class {sub!r}; known: {', '.join(PIPELINE_SUBCLASSES)}")
+        import importlib
+
+        cls = getattr(importlib.import_module(PIPELINE_SUBCLASSES[sub]), sub)
     if cls is None:
         raise UserError(f"{model_path}: pipeline class {name!r} is not in this diffusers version")
     denoiser = index.get("transformer") or index.get("unet")  # [library, class]
@@ -213,10 +233,22 @@ def _pipeline_class(model_path: str):
     return cls
 
 
+def absent_components(model_path: str) -> list[str]:
+    """Components a local folder's model_index.json lists as `[null, null]` (saved without them)."""
+    index = Path(model_path) / "model_index.json"
+    if not index.is_file():
+        return []
+    return [k for k, v in json.loads(index.read_text()).items() if v == [None, None]]
+
+
 def check_scheduler(pipe, scheduler: str) -> None:
-    """Refuse a scheduler that cannot run this model: a noise schedule on a flow-matching model (SD3, Flux) or flow
-    matching on a model trained for a noise schedule."""
-    native = type(pipe.scheduler).__name__
+    """Refuse a scheduler that cannot run this model (`check_scheduler_class` on the pipeline's own scheduler)."""
+    check_scheduler_class(type(pipe.scheduler).__name__, scheduler)
+
+
+def check_scheduler_class(native: str, scheduler: str) -> None:
+    """Refuse a scheduler that cannot run a model whose own scheduler class is `native`: a noise schedule on a
+    flow-matching model (SD3, Flux, the toy DiT) or flow matching on a model trained for a noise schedule."""
     flow_model, flow_chosen = native.startswith("FlowMatch"), SCHEDULERS[scheduler].startswith("FlowMatch")
     if flow_model != flow_chosen:
         fits = [n for n, cls in SCHEDULERS.items() if cls.startswith("FlowMatch") == flow_model]
@@ -247,7 +279,7 @@ def load_model(
 ) -> LoadedModel:
     """Load a Stable Diffusion-family pipeline for probing.
 
-    model: "toy" (the embedded toy LDM), a local diffusers folder, or a Hugging Face hub id (SD 1.x/2.x/XL, SD3, Flux,
+    model: "toy" (the embedded toy LDM), "toy-dit" (the embedded toy DiT), a local diffusers folder, or a Hugging Face hub id (SD 1.x/2.x/XL, SD3, Flux,
     PixArt). scheduler: one of lms (the paper's), ddim, euler, pndm; flow_euler for flow-matching models (SD3, Flux).
     dtype: float32, float16 or bfloat16. device: cpu, cuda, cuda:N or auto. permute_seed: if given, the denoiser's
     weights are permuted (the paper's control).
@@ -260,8 +292,11 @@ def load_model(
     device = resolve_device(device)
     cls = _pipeline_class(path)
     kwargs: dict = {"dtype": DTYPES[dtype]}
-    if "safety_checker" in inspect.signature(cls.__init__).parameters:
+    params = inspect.signature(cls.__init__).parameters
+    if "safety_checker" in params:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
+    # components the folder saved as absent (e.g. the toy DiT's T5): diffusers wants them passed as None explicitly
+    kwargs.update({k: None for k in absent_components(path) if k in params})
     try:
         pipe = cls.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:

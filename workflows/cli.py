@@ -233,7 +233,7 @@ def add_toy_commands(sub) -> None:
                        help="then fine-tune the VAE decoder alone this many steps (0 = skip)")
     train.set_defaults(func=cmd_toy_train)
     quality = toy.add_parser("quality", help="measure a toy LDM on 256 held-out captions; write the contact sheet")
-    quality.add_argument("--model", default="toy")
+    quality.add_argument("--model", default="toy", help="toy (the U-Net), toy-dit (the DiT) or a pipeline folder")
     quality.add_argument("--n", type=int, default=256)
     quality.add_argument("--sheet", default="", help="contact sheet PNG path (64 samples with their labels)")
     quality.add_argument("--json", default="", help="write the numbers here")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ldm.hooks import hook_position, is_block_output
 from workflows.config.names import MAP_TARGETS, METHODS
 from workflows.config.schema import ConfigError, state
 
@@ -228,5 +229,12 @@ def _positive(value: object) -> bool:
 
 
 def default_hooks(task: str, unet_hooks: Sequence[str]) -> list[str]:
-    """The paper's layers: saliency on the up-block self-attentions, depth on all of them."""
-    return [h for h in unet_hooks if h.startswith("up_")] if task == "saliency" else list(unet_hooks)
+    """The paper's layers: saliency on the up-block self-attentions, depth on all of them. A diffusion transformer has
+    no up blocks: saliency edits the attention outputs of the later half of its blocks in forward order (SD3's
+    `joint_k`, Flux's `double_k` then `single_k`, PixArt's `block_k`: the half nearer the output, as the up blocks
+    are in a U-Net), depth edits every attention output. SD3's block outputs `joint_k_out` are left out of both: the
+    same block's attention is already edited, and editing both would edit it twice."""
+    if any(h.startswith(("down_", "mid_", "up_")) for h in unet_hooks):
+        return [h for h in unet_hooks if h.startswith("up_")] if task == "saliency" else list(unet_hooks)
+    attention = sorted((h for h in unet_hooks if not is_block_output(h)), key=hook_position) or list(unet_hooks)
+    return attention[len(attention) // 2:] if task == "saliency" else attention

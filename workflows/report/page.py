@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ldm.errors import UserError
+from ldm.hooks import hook_position
 from probes.resample import upsample_nearest
 from probes.selection import best_probe
 from probes.targets import make_targets
@@ -84,9 +85,9 @@ def read_rows(output: str, relpath: str) -> list[dict] | None:
 
 
 def hook_order(name: str) -> tuple:
-    """down < mid < up, then by block and index (the U-Net's forward order)."""
-    section = {"down": 0, "mid": 1, "up": 2}.get(name.split("_")[0], 3)
-    return (section, [int(n) for n in re.findall(r"\d+", name)], name)
+    """The network's own forward order (`ldm.hooks.hook_position`): a U-Net's down < mid < up, Flux's double-stream
+    blocks before its single-stream ones, SD3's `joint_k` before `joint_k_out`; extras last."""
+    return hook_position(name)
 
 
 def fmt(value, digits: int = 3) -> str:

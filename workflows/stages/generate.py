@@ -125,9 +125,13 @@ def check_inputs(cfg: RunConfig, in_ray_job: bool = False) -> None:
     """Refuse before anything starts what can be checked cheaply here. (A hub id is only checked where the model is
     loaded: on a cluster the weights may be on the GPU nodes and not on the driver's.)"""
     if cfg.backend == "ldm":
-        from ldm.loading import check_options
+        from ldm.architecture import native_scheduler
+        from ldm.loading import check_options, check_scheduler_class
 
         check_options(cfg.model, cfg.scheduler, cfg.dtype)
+        native = native_scheduler(cfg.model)  # e.g. LMS on a flow-matching model is refused here, not in an actor
+        if native is not None:
+            check_scheduler_class(native, cfg.scheduler)
     check_act_dtype(cfg.act_dtype)
     if in_ray_job and "://" not in cfg.output and not os.path.isabs(cfg.output):
         raise ConfigError(f"output {cfg.output!r} is relative: inside `ray job submit` it would land in the job's "
