@@ -2,6 +2,7 @@
 name would otherwise only show when someone next measures)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,5 +15,6 @@ def test_benchmark_imports(path, monkeypatch):
     monkeypatch.syspath_prepend(str(path.parent))  # as when run: a script's folder is on the path (edit_probes)
     spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # as when run: dataclasses look their module up by name
     spec.loader.exec_module(module)  # module level only: the scripts run under `if __name__ == "__main__"`
     assert callable(getattr(module, "main", None)), f"{path.name} has no main()"
