@@ -97,8 +97,9 @@ def test_plan_sizes_the_shipped_dit_configs(config, hooks, last, tmp_path, monke
 def test_a_noise_schedule_on_a_flow_matching_model_is_refused_before_any_actor(sd3_path, tmp_path, monkeypatch):
     from workflows.pipeline import run_pipeline
 
+    # the map targets only: the toy config's normals and light have no labeler for SD3's images (its own error)
     cfg = load_config("configs/toy.yaml", overrides=[f"model={sd3_path}", "scheduler=lms",
-                                                     f"output={tmp_path / 'run'}"])
+                                                     "probes.targets=[saliency, depth]", f"output={tmp_path / 'run'}"])
     monkeypatch.setattr("workflows.pipeline.run_stages", lambda *a, **k: pytest.fail("a stage started"))
     with pytest.raises(UserError, match="scheduler 'lms' cannot run this model.*flow-matching.*flow_euler"):
         run_pipeline(cfg, use_ray=True)
