@@ -1,4 +1,4 @@
-"""The chaos run (benchmarks/chaos.py) on a small toy config: the stages up to the probe grid on a 3-node local Ray
+"""The chaos run (benchmarks/chaos.py) on a small toy config: the stages up to the probe grid on a 2-node local Ray
 cluster while this run's own generator, label and probe-grid workers are SIGKILLed and a worker node is removed
 mid-grid; the run must end equal to a calm run in every array and every table.
 
@@ -32,7 +32,7 @@ def load_chaos():
 
 def test_killed_workers_and_a_removed_node_leave_the_same_run(tmp_path, capsys):
     root, chaos = tmp_path / "chaos", load_chaos()
-    status = chaos.main(["configs/toy.yaml", "--root", str(root), "--kills", "1", "--every", "1",
+    status = chaos.main(["configs/toy.yaml", "--root", str(root), "--nodes", "2", "--kills", "1", "--every", "1",
                                 "--remove-node-in", "probe", "--remove-after", "0.5", *SMALL])
     report = json.loads((root / "chaos.json").read_text())
     assert status == 0 and report["problems"] == []
