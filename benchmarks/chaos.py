@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # same_results, beside
 
 from same_results import compare_stores, compare_tables  # noqa: E402
 
+from ldm.errors import UserError  # noqa: E402
 from workflows.config import STAGES, load_config  # noqa: E402
 from workflows.pipeline import run_pipeline  # noqa: E402
 
@@ -168,6 +169,11 @@ def run_stages(cfg, stages: tuple[str, ...], address: str, killer: Killer | None
     return out
 
 
+def user_error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="a run config (configs/toy.yaml)")
@@ -176,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=3, help="simulated nodes, head included (default %(default)s)")
     parser.add_argument("--cpus", type=int, default=1, help="CPUs each node offers Ray (default %(default)s)")
     parser.add_argument("--every", type=float, default=3.0, help="seconds between kills (default %(default)s)")
-    parser.add_argument("--kills", type=int, default=3, help="kills of each worker kind per stage, at most (default %(default)s)")
+    parser.add_argument("--kills", type=int, default=3,
+                        help="kills of each worker kind per stage, at most (default %(default)s)")
     parser.add_argument("--remove-node-in", default="probe", choices=STAGES,
                         help="the stage in which one worker node is removed (default %(default)s)")
     parser.add_argument("--remove-after", type=float, default=2.0, help="seconds into that stage (default %(default)s)")
@@ -189,12 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     from ray.cluster_utils import Cluster
 
     root = Path(args.root)
-    base = load_config(args.config, args.set)
+    try:
+        base = load_config(args.config, args.set)
+    except UserError as err:
+        return user_error(str(err))
     stages = tuple(s for s in STAGES if s in base.stages)
     calm_cfg, chaos_cfg = (replace(base, output=str(root / name)) for name in ("calm", "chaos"))
     for cfg in (calm_cfg, chaos_cfg):
         if Path(cfg.output).exists():
-            raise SystemExit(f"error: {cfg.output} exists; remove it or pass another --root")
+            return user_error(f"{cfg.output} exists; remove it or pass another --root")
 
     # 1. The cluster: the head and `nodes - 1` workers, on this machine.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": args.cpus, "include_dashboard": False})
