@@ -93,3 +93,14 @@ def test_init_from_starts_a_fresh_run_at_a_folders_weights(short_runs, tmp_path)
     a = load_file(str(whole_out / "transformer" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(tmp_path / "out" / "transformer" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_shipped_toy_dit_checkpoint():
+    """ldm/toy/dit: at most 25 MB, loads as `model: toy-dit` with its 16 hook points on the 8x8 token grid."""
+    from ldm.architecture import describe_hook_points, native_scheduler
+
+    size = sum(f.stat().st_size for f in TOY_DIT_CHECKPOINT.rglob("*") if f.is_file())
+    assert size <= 25e6, f"{size / 1e6:.1f} MB"
+    assert native_scheduler("toy-dit") == "FlowMatchEulerDiscreteScheduler"
+    points = [p for p in describe_hook_points("toy-dit") if p.kind != "extra"]
+    assert [p.name for p in points] == JOINT and {(p.height, p.width, p.channels) for p in points} == {(8, 8, 128)}
