@@ -20,7 +20,6 @@ draws the same batches and noise as an uninterrupted one. State (weights, EMA, A
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -43,6 +42,7 @@ from ldm.toy.train_ldm import (
     save_state,
     split_ema,
     tokenize,
+    training_main,
 )
 
 TRAINED = ("transformer", "text_encoder", "text_encoder_2")
@@ -193,19 +193,7 @@ def write_samples(folder: str | Path, png: str | Path, n: int = 8, steps: int = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f, default in asdict(DiTTrainConfig()).items():
-        p.add_argument("--" + f.replace("_", "-"), type=type(default), default=default)
-    p.add_argument("--resume", action="store_true", help="continue from --state-dir")
-    p.add_argument("--samples", default="", help="only write a grid PNG of held-out samples from the --out pipeline")
-    args = vars(p.parse_args(argv))
-    resume, samples = args.pop("resume"), args.pop("samples")
-    if samples:
-        torch.set_num_threads(args["threads"])
-        for i, caption in enumerate(write_samples(args["out"], samples)):
-            print(f"{i}: {caption}")
-    else:
-        train(DiTTrainConfig(**args), resume=resume)
+    training_main(argv, __doc__, DiTTrainConfig, train, write_samples)
 
 
 if __name__ == "__main__":

@@ -365,9 +365,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> ToyLDM:
     return ema_model(model, ema)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f, default in asdict(TrainConfig()).items():
+def training_main(argv: list[str] | None, doc: str, config_cls: type, train_fn, samples_fn) -> None:
+    """A toy trainer's command line: one flag per field of its config dataclass, `--resume`, and `--samples PNG`
+    (only write a grid of held-out samples from the `--out` pipeline). Shared by the U-Net and the DiT trainers."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f, default in asdict(config_cls()).items():
         p.add_argument("--" + f.replace("_", "-"), type=type(default), default=default)
     p.add_argument("--resume", action="store_true", help="continue from --state-dir")
     p.add_argument("--samples", default="", help="only write a grid PNG of held-out samples from the --out pipeline")
@@ -375,10 +377,14 @@ def main(argv: list[str] | None = None) -> None:
     resume, samples = args.pop("resume"), args.pop("samples")
     if samples:
         torch.set_num_threads(args["threads"])
-        for i, caption in enumerate(write_samples(args["out"], samples)):
+        for i, caption in enumerate(samples_fn(args["out"], samples)):
             print(f"{i}: {caption}")
     else:
-        train(TrainConfig(**args), resume=resume)
+        train_fn(config_cls(**args), resume=resume)
+
+
+def main(argv: list[str] | None = None) -> None:
+    training_main(argv, __doc__, TrainConfig, train, write_samples)
 
 
 if __name__ == "__main__":
