@@ -39,6 +39,7 @@ def prompts_for(n: int) -> Plan:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="toy")
+    parser.add_argument("--scheduler", default="lms", help="lms (U-Nets), flow_euler (SD3, Flux, the toy DiT), ...")
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--shard-size", type=int, default=8)
@@ -54,7 +55,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-generate-")) / "run"
-    cfg = RunConfig(model=args.model, steps=args.steps, prompts=PromptsConfig(source="toy"), num_images=args.images,
+    cfg = RunConfig(model=args.model, scheduler=args.scheduler, steps=args.steps, prompts=PromptsConfig(source="toy"), num_images=args.images,
                     output=str(out), shard_size=args.shard_size, batch_size=args.batch_size,
                     compression=args.compression)
     model = load(cfg, device="auto")
