@@ -71,16 +71,17 @@ def planted(images: int, seed: int) -> None:
     print("| layer | h x w x c | dtype | depth R2 | diff | object Dice | diff |\n|---|---|---|---|---|---|---|")
     for (h, w, c), name in sorted(shapes.items(), reverse=True):
         acts, depth, masks = planted_layer(rng, images, h, w, c)
+        captured = acts.astype(np.float16).astype(np.float32)  # as the hooks hand it to the writer
+        truth = downsample_area(depth[train:], h, w)  # held-out targets at the layer's resolution: one per layer
+        total = ((truth - depth[:train].mean()) ** 2).sum()
+        objects = downsample_area(masks[train:], h, w) > 0.5
         base = None
         for dtype in ACT_DTYPES:
-            x = stored_as(acts.astype(np.float16).astype(np.float32), dtype)  # captured as float16, then stored
-            ridge = fit_ridge(x[:train], depth[:train], kind="depth")
-            pred = ridge.predict(x[train:])
-            truth = downsample_area(depth[train:], h, w)
-            r2 = 1 - ((pred - truth) ** 2).sum() / ((truth - depth[:train].mean()) ** 2).sum()
-            logistic = fit_logistic(x[:train], masks[:train])
-            found = logistic.predict(x[train:]) > 0.5
-            dice = float(dice_iou(found, downsample_area(masks[train:], h, w) > 0.5)["dice_fg"].mean())
+            x = stored_as(captured, dtype)
+            pred = fit_ridge(x[:train], depth[:train], kind="depth").predict(x[train:])
+            r2 = 1 - ((pred - truth) ** 2).sum() / total
+            found = fit_logistic(x[:train], masks[:train]).predict(x[train:]) > 0.5
+            dice = float(dice_iou(found, objects)["dice_fg"].mean())
             base = base or (r2, dice)
             print(f"| {name} | {h}x{w}x{c} | {dtype} | {r2:.4f} | {r2 - base[0]:+.4f} | {dice:.4f} | "
                   f"{dice - base[1]:+.4f} |", flush=True)
