@@ -144,19 +144,25 @@ def load_network(path: Path) -> ToyUNet:
     return model.eval()
 
 
+def _batched(per_batch: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> np.ndarray:
+    """`per_batch` on `x` in batches of `batch_size`, without gradients, concatenated along images, as float32."""
+    with torch.no_grad():
+        out = torch.cat([per_batch(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    return out.numpy().astype(np.float32)
+
+
 def _wrap(model: ToyUNet, channel: int, post: Callable[[torch.Tensor], torch.Tensor], batch_size: int) -> Labeler:
     def label(images: np.ndarray) -> np.ndarray:
         """uint8 `(image, h, w, 3)` -> float32 `(image, h, w)`."""
         h, w = np.asarray(images).shape[1:3]
-        x = images_to_tensor(images)
-        outs = []
-        with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                y = post(model(x[i : i + batch_size])[:, channel : channel + 1])
-                if y.shape[-2:] != (h, w):
-                    y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
-                outs.append(y[:, 0])
-        return torch.cat(outs).numpy().astype(np.float32)
+
+        def per_batch(x: torch.Tensor) -> torch.Tensor:
+            y = post(model(x)[:, channel : channel + 1])
+            if y.shape[-2:] != (h, w):
+                y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+            return y[:, 0]
+
+        return _batched(per_batch, images_to_tensor(images), batch_size)
 
     return label
 
@@ -196,18 +202,17 @@ def load_toy_normals_labeler(path: Path | str = NORMALS_WEIGHTS,
 
     def label(images: np.ndarray) -> np.ndarray:
         h, w = np.asarray(images).shape[1:3]
-        x = images_to_tensor(images)
-        outs = []
-        with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                out = model(x[i : i + batch_size])
-                raw, logit = out[:, NORMAL_CHANNELS], out[:, SURFACE_CHANNEL : SURFACE_CHANNEL + 1]
-                if raw.shape[-2:] != (h, w):
-                    raw = F.interpolate(F.normalize(raw, dim=1, eps=1e-6), size=(h, w), mode="bilinear",
-                                        align_corners=False)
-                    logit = F.interpolate(logit, size=(h, w), mode="bilinear", align_corners=False)
-                outs.append(unit_normals(raw, logit).permute(0, 2, 3, 1))
-        return torch.cat(outs).numpy().astype(np.float32)
+
+        def per_batch(x: torch.Tensor) -> torch.Tensor:
+            out = model(x)
+            raw, logit = out[:, NORMAL_CHANNELS], out[:, SURFACE_CHANNEL : SURFACE_CHANNEL + 1]
+            if raw.shape[-2:] != (h, w):
+                raw = F.interpolate(F.normalize(raw, dim=1, eps=1e-6), size=(h, w), mode="bilinear",
+                                    align_corners=False)
+                logit = F.interpolate(logit, size=(h, w), mode="bilinear", align_corners=False)
+            return unit_normals(raw, logit).permute(0, 2, 3, 1)
+
+        return _batched(per_batch, images_to_tensor(images), batch_size)
 
     return label
 
@@ -218,9 +223,7 @@ def load_toy_light_labeler(path: Path | str = LIGHT_WEIGHTS,
     model = _normal_network(Path(path))
 
     def label(images: np.ndarray) -> np.ndarray:
-        x = images_to_tensor(images)
-        with torch.no_grad():
-            lights = [model.forward_with_light(x[i : i + batch_size])[1] for i in range(0, len(x), batch_size)]
-        return F.normalize(torch.cat(lights), dim=1, eps=1e-6).numpy().astype(np.float32)
+        return _batched(lambda x: F.normalize(model.forward_with_light(x)[1], dim=1, eps=1e-6),
+                        images_to_tensor(images), batch_size)
 
     return label
