@@ -98,6 +98,20 @@ def cmd_findings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Two probed runs side by side, by step and by relative depth (Markdown; HTML and SVG on request)."""
+    from workflows.report.compare import compare_runs, format_comparison, load_run, write_charts, write_page
+
+    a, b = load_run(args.run_a, "A"), load_run(args.run_b, "B")
+    comparisons = compare_runs(a, b)
+    print(format_comparison(a, b, comparisons))
+    written = (write_charts(comparisons, args.svg) if args.svg else []) + (
+        [str(write_page(a, b, comparisons, args.html))] if args.html else [])
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_toy_train(args: argparse.Namespace) -> int:
     """Retrain the embedded toy world from scratch: the labelers, the LDM, then its decoder (docs/toy-ldm.md)."""
     from ldm.toy import finetune_decoder, train_labelers, train_ldm
@@ -168,7 +182,7 @@ def add_run_commands(sub) -> None:
 
 
 def add_tool_commands(sub) -> None:
-    """Commands around a run: hook tables, the plan, the demo, the animation, the findings."""
+    """Commands around a run: hook tables, the plan, the demo, the animation, the findings, the two-run comparison."""
     hooks = sub.add_parser("hooks", help="list a model's hook points (self-attention outputs or transformer blocks, and extras)")
     hooks.add_argument("model", help='"toy", a local diffusers folder, or a hub id in the local cache')
     hooks.add_argument("--height", type=int, default=None, help="image height in pixels (default: native)")
@@ -211,6 +225,13 @@ def add_tool_commands(sub) -> None:
     findings.add_argument("--metric", default=None,
                           help="judge on this measure instead of the headline (dev_pos: saliency beyond position)")
     findings.set_defaults(func=cmd_findings)
+
+    compare = sub.add_parser("compare", help="two probed runs side by side: each target by step and by relative depth")
+    compare.add_argument("run_a", help="a probed run's output location (A, e.g. runs/toy)")
+    compare.add_argument("run_b", help="another probed run's output location (B, e.g. runs/toy-dit-run)")
+    compare.add_argument("--html", default="", help="also write the view as an HTML page here")
+    compare.add_argument("--svg", default="", help="also write the charts as SVG-<target>-by-{step,depth}.svg")
+    compare.set_defaults(func=cmd_compare)
 
 
 def add_toy_commands(sub) -> None:
