@@ -90,6 +90,7 @@ def test_the_command_prints_markdown_and_writes_the_page_and_charts(tmp_path, ca
                  "--svg", str(prefix)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# A: toy") and "B: toy-dit" in out and "| 5 |" in out
+    assert "The runs differ in: model (toy / toy-dit)." in out
     page = html.read_text()
     assert page.count("<svg") == 2 and "joint_0_out" in page
     assert (tmp_path / "cmp-saliency-by-step.svg").read_text().count("<polyline") == 6  # 2 runs x LDM, permuted, x_t

@@ -23,7 +23,7 @@ won by one run's easier labels except the paired B - A, which says so in its cap
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from ldm.errors import UserError
 from ldm.hooks import hook_position
 from probes.metrics import bootstrap_ci
 from workflows.config import EXTRAS
+from workflows.config.schema import flatten
 from workflows.report.figures import PALETTE, Series, line_chart_svg
 from workflows.report.findings import CONSTANT, HEADLINE, compare, first_step_above, paired_margin, signed, step_text
 from workflows.store import read_manifest, stored_config
@@ -41,12 +42,14 @@ N_BOOT = 2000
 
 @dataclass
 class ProbedRun:
-    """What the view needs of one run: its name, its metrics rows and its test items (prompt, seed) in order."""
+    """What the view needs of one run: its name, its metrics rows, its test items (prompt, seed) in order and its
+    stored config."""
 
     name: str
     output: str
     rows: list[dict]
     test_items: list[tuple[str, int]]
+    config: dict = field(default_factory=dict)
 
 
 def load_run(output: str, letter: str) -> ProbedRun:
@@ -59,7 +62,14 @@ def load_run(output: str, letter: str) -> ProbedRun:
     rows = read_metrics(output).to_pylist()
     manifest = read_manifest(output).to_pylist()
     items = [(r["prompt"], int(r["seed"])) for r in sorted(manifest, key=lambda r: r["image"]) if r["split"] == "test"]
-    return ProbedRun(f"{letter}: {cfg.get('model', output)}", output, rows, items)
+    return ProbedRun(f"{letter}: {cfg.get('model', output)}", output, rows, items, cfg)
+
+
+def config_differences(a: ProbedRun, b: ProbedRun) -> list[str]:
+    """`key (A / B)` for every run setting the two runs' stored configs differ in, except where they are stored."""
+    fa, fb = flatten(a.config), flatten(b.config)
+    keys = [k for k in {**fa, **fb} if k != "output" and fa.get(k) != fb.get(k)]
+    return [f"{k} ({fa.get(k)} / {fb.get(k)})" for k in keys]
 
 
 def relative_depths(rows: list[dict]) -> dict[str, float]:
@@ -159,7 +169,8 @@ def summary_lines(c: TargetComparison) -> list[str]:
 
 def format_comparison(a: ProbedRun, b: ProbedRun, comparisons: list[TargetComparison]) -> str:
     """Markdown: per target, the summary, the by-step table and the by-depth table."""
-    parts = [f"# {a.name} ({a.output}) against {b.name} ({b.output})\n"]
+    parts = [f"# {a.name} ({a.output}) against {b.name} ({b.output})\n",
+             f"The runs differ in: {'; '.join(config_differences(a, b)) or 'nothing but their output'}.\n"]
     if comparisons and comparisons[0].difference is None:
         parts.append("The runs' test items (prompt, seed) differ: B - A is not paired and is left out.\n")
     for c in comparisons:
