@@ -24,10 +24,13 @@ Kinds:
 | saliency | `toy`            | the embedded toy saliency CNN            |
 | saliency | `hf`             | none: name a transformers segmentation model (class 1 = salient, or one sigmoid channel) |
 | normals  | `toy`            | the embedded toy normals CNN (toy-world images only) |
+| normals  | `marigold`       | `prs-eth/marigold-normals-v1-1` (diffusers' `MarigoldNormalsPipeline`) |
 | light    | `toy`            | the embedded toy light head (toy-world images only)  |
 
-No normals or light labeler for real images exists yet (`TOY_WORLD_ONLY`): a run of another model with those targets
-is refused before it starts (`check_labelers`).
+Marigold's normals are already in our frame (its docs: X right, Y up, Z at the viewer) and unit length everywhere
+(it has no sky class, so every pixel is valid); its sampler starts from noise, seeded per image (`MARIGOLD_SEED`), so
+an image's normals do not depend on the batch it is labelled in. No light labeler for real images exists yet
+(`TOY_WORLD_ONLY`): a run of another model with that target is refused before it starts (`check_labelers`).
 
 Remote code (e.g. BiRefNet) runs only when `trust_remote_code=True` is asked for.
 """
@@ -48,13 +51,14 @@ from ldm.errors import UserError
 
 DEPTH_KINDS = {"toy": None, "dpt": "Intel/dpt-large", "depth-anything": "LiheYoung/depth-anything-small-hf"}
 SALIENCY_KINDS = {"toy": None, "hf": None}
-NORMALS_KINDS = {"toy": None}
+NORMALS_KINDS = {"toy": None, "marigold": "prs-eth/marigold-normals-v1-1"}
 LIGHT_KINDS = {"toy": None}
 KINDS = {"depth": DEPTH_KINDS, "saliency": SALIENCY_KINDS, "normals": NORMALS_KINDS, "light": LIGHT_KINDS}
 LABEL_SHAPES = {"depth": "(image, H, W)", "saliency": "(image, H, W)", "normals": "(image, H, W, 3)",
                 "light": "(image, 3)"}
-TOY_MODEL = "toy"  # the model whose images the toy labelers know
+TOY_WORLD_MODELS = ("toy", "toy-dit")  # the models that draw toy-world images, the only ones the toy labelers know
 TOY_WORLD_ONLY = {"normals": ("toy",), "light": ("toy",)}  # target -> kinds that read toy-world images only
+MARIGOLD_SEED = 0  # each image's own generator: labels independent of batch composition
 
 
 @dataclass
@@ -197,9 +201,41 @@ def load_normals_labeler(kind: str = "toy", checkpoint: str | None = None, devic
     """A surface-normals labeler: uint8 images -> unit normals `(image, H, W, 3)`, zero where it sees no surface."""
     if kind not in NORMALS_KINDS:
         raise UserError(f"unknown normals labeler {kind!r}; choose one of {', '.join(NORMALS_KINDS)}")
-    from ldm.toy.labelers import NORMALS_WEIGHTS, load_toy_normals_labeler
+    if kind == "toy":
+        from ldm.toy.labelers import NORMALS_WEIGHTS, load_toy_normals_labeler
 
-    return Labeler("toy-normals", f"toy@{_file_digest(NORMALS_WEIGHTS)}", "normals", load_toy_normals_labeler())
+        return Labeler("toy-normals", f"toy@{_file_digest(NORMALS_WEIGHTS)}", "normals", load_toy_normals_labeler())
+    return _marigold_normals(checkpoint or NORMALS_KINDS[kind], device, batch_size)
+
+
+def _marigold_normals(checkpoint: str, device: str, batch_size: int) -> Labeler:
+    """diffusers' Marigold normals pipeline at its own defaults (steps, processing resolution), one prediction per
+    image (no ensemble), resized back to the input size."""
+    from diffusers import MarigoldNormalsPipeline
+
+    try:
+        pipe = MarigoldNormalsPipeline.from_pretrained(checkpoint).to(device)
+    except OSError as err:
+        raise UserError(
+            f"cannot load normals labeler checkpoint {checkpoint!r} ({type(err).__name__}): not a local folder and "
+            f"not in the Hugging Face cache; download it where there is network (`hf download {checkpoint}`) or pass "
+            "a folder") from None
+    pipe.set_progress_bar_config(disable=True)
+    version = f"{checkpoint}@config-" + hashlib.sha256(json.dumps(
+        {name: dict(getattr(pipe, name).config) for name in ("unet", "vae", "scheduler")}, sort_keys=True,
+        default=str).encode()).hexdigest()[:12]
+
+    def label(images: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), batch_size):
+            batch = torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2).float() / 255  # (image, 3, H, W)
+            seeds = [torch.Generator(device).manual_seed(MARIGOLD_SEED) for _ in range(len(batch))]
+            with torch.no_grad():
+                pred = pipe(batch.to(device), generator=seeds, output_type="pt", batch_size=len(batch)).prediction
+            out.append(pred.permute(0, 2, 3, 1).float().cpu().numpy())  # (image, H, W, 3), input resolution
+        return np.concatenate(out)
+
+    return Labeler("marigold-normals", version, "normals", label)
 
 
 def load_light_labeler(kind: str = "toy", checkpoint: str | None = None, device: str = "cpu",
@@ -219,14 +255,16 @@ LOADERS = {"depth": load_depth_labeler, "saliency": load_saliency_labeler, "norm
 def check_labelers(model: str, kinds: dict[str, str]) -> None:
     """Refuse, before any work, a target whose labeler cannot label `model`'s images: `kinds` maps each target to
     its labeler kind. An unknown target or kind lists the valid ones; a toy-world-only labeler (`TOY_WORLD_ONLY`) on
-    another model names the fix."""
+    a model outside the toy world names the fix."""
     for target, kind in kinds.items():
         if target not in KINDS:
             raise UserError(f"unknown label target {target!r}; choose one of {', '.join(KINDS)}")
         if kind not in KINDS[target]:
             raise UserError(f"labels.{target}.kind: unknown {target} labeler {kind!r}; choose one of "
                             f"{', '.join(KINDS[target])}")
-        if kind in TOY_WORLD_ONLY.get(target, ()) and model != TOY_MODEL:
-            raise UserError(f"no {target} labeler for model {model!r}: the only one (labels.{target}.kind: {kind}) "
-                            f"was trained on toy-world renders and reads toy-model images only; remove {target} from "
-                            f"probes.targets (a labeler for real images, e.g. Marigold, is not available yet)")
+        if kind in TOY_WORLD_ONLY.get(target, ()) and model not in TOY_WORLD_MODELS:
+            others = [k for k in KINDS[target] if k not in TOY_WORLD_ONLY[target]]
+            fix = f"choose labels.{target}.kind: {' or '.join(others)}" if others else f"remove {target} from " \
+                  "probes.targets (no labeler for real images exists yet)"
+            raise UserError(f"labels.{target}.kind: {kind} was trained on toy-world renders and reads only the toy "
+                            f"models' images ({', '.join(TOY_WORLD_MODELS)}), not {model!r}'s; {fix}")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ldm.errors import UserError
-from ldm.labelers import load_depth_labeler, load_saliency_labeler
+from ldm.labelers import load_depth_labeler, load_normals_labeler, load_saliency_labeler
 
 IMAGES = np.random.default_rng(0).integers(0, 256, size=(3, 40, 48, 3), dtype=np.uint8)
 
@@ -96,3 +96,23 @@ def test_toy_labelers_through_the_common_interface():
     # nearer pixels (smaller z-depth) get larger relative inverse depth, as MiDaS reports it
     inv = depth(batch.rgb)
     assert np.corrcoef(inv.ravel(), -batch.depth.ravel())[0, 1] > 0.3
+
+
+@pytest.fixture(scope="module")
+def tiny_marigold(tmp_path_factory):
+    from tests.tiny_pipelines import build_marigold_normals
+
+    return str(build_marigold_normals(tmp_path_factory.mktemp("marigold")))
+
+
+def test_marigold_normals_are_unit_vectors_per_image_at_image_resolution(tiny_marigold):
+    labeler = load_normals_labeler("marigold", checkpoint=tiny_marigold, batch_size=2)
+    normals = labeler(IMAGES)
+    assert normals.shape == (3, 40, 48, 3) and normals.dtype == np.float32 and np.isfinite(normals).all()
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=-1), 1, atol=1e-3)  # every pixel valid: no sky class
+    assert labeler.target == "normals" and labeler.version.startswith(tiny_marigold + "@config-")
+    # seeded per image: the same image gets the same normals alone or in a batch of two
+    np.testing.assert_allclose(labeler(IMAGES[2:3])[0], normals[2], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(normals[0], normals[1])  # and they depend on the image
+    with pytest.raises(UserError, match="not in the Hugging Face cache"):
+        load_normals_labeler("marigold", checkpoint="nobody/no-such-marigold")

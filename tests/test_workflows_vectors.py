@@ -115,9 +115,13 @@ def test_ceiling_arithmetic_on_exact_truth():
 def test_a_target_without_a_labeler_for_the_model_is_refused_first():
     cfg = from_dict({"model": "CompVis/stable-diffusion-v1-4", "prompts": {"source": "file", "path": "p.csv"},
                      "probes": {"targets": ["saliency", "normals"]}})
-    with pytest.raises(UserError, match="no normals labeler for model 'CompVis/stable-diffusion-v1-4'.*remove "
-                                        "normals from probes.targets"):
+    with pytest.raises(UserError, match="labels.normals.kind: toy was trained on toy-world renders .* not "
+                                        "'CompVis/stable-diffusion-v1-4'.*; choose labels.normals.kind: marigold"):
         check_run_labelers(cfg)
+    with pytest.raises(UserError, match="remove light from probes.targets"):
+        check_labelers("CompVis/stable-diffusion-v1-4", {"light": "toy"})
+    check_labelers("CompVis/stable-diffusion-v1-4", {"normals": "marigold"})
+    check_labelers("toy-dit", {"normals": "toy", "light": "toy"})  # the toy DiT draws toy-world images too
     check_run_labelers(RunConfig(probes=from_dict({"probes": {"targets": list(TARGETS)}}).probes))  # toy: fine
     with pytest.raises(UserError, match="unknown light labeler 'dpt'; choose one of toy"):
         check_labelers("toy", {"light": "dpt"})

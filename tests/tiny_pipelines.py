@@ -204,3 +204,25 @@ def build_pixart(folder: Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(folder)
     return folder
+
+
+def build_marigold_normals(folder: Path, seed: int = 0) -> Path:
+    """Marigold normals' layout: a U-Net taking the image latent beside the noisy normals latent (8 channels in), a
+    DDIM scheduler predicting v, the empty-prompt text encoder; diffusers' own `MarigoldNormalsPipeline`."""
+    from diffusers import DDIMScheduler, MarigoldNormalsPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tokenizer = save_char_tokenizer(folder / "_tok", max_length=16)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        norm_num_groups=4, cross_attention_dim=16, attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              prediction_type="v_prediction", timestep_spacing="trailing", set_alpha_to_one=False)
+    pipe = MarigoldNormalsPipeline(unet=unet, vae=_vae(), scheduler=scheduler,
+                                   text_encoder=_text_encoder(len(tokenizer), 16), tokenizer=tokenizer,
+                                   prediction_type="normals", default_denoising_steps=2,
+                                   default_processing_resolution=32)
+    pipe.save_pretrained(folder)
+    return folder

@@ -33,7 +33,7 @@ from typing import TextIO
 import numpy as np
 import pyarrow as pa
 
-from ldm.labelers import TOY_MODEL, Labeler
+from ldm.labelers import TOY_WORLD_MODELS, Labeler
 from probes.angular import score_directions, score_normals
 from probes.baselines_vectors import direction_position_prediction, mean_direction, mean_normal_map
 from probes.metrics import bootstrap_ci, r2_beyond_position
@@ -119,10 +119,10 @@ def read_ceilings(output: str) -> list[dict] | None:
 
 
 def ceiling_run(cfg: RunConfig, load: Callable[[str], Labeler], stream: TextIO | None = None) -> list[dict] | None:
-    """The label stage's last step on the toy model: score the run's labelers of every probe target (`load(target)`)
-    against exact truth and store the table; kept when it already holds the same labelers and image count. None
-    elsewhere."""
-    if cfg.model != TOY_MODEL or cfg.labels.ceiling_images == 0:
+    """The label stage's last step on the toy models (U-Net and DiT): score the run's labelers of every probe target
+    (`load(target)`) against exact truth and store the table; kept when it already holds the same labelers and image
+    count. None elsewhere."""
+    if cfg.model not in TOY_WORLD_MODELS or cfg.labels.ceiling_images == 0:
         return None
     stream = stream or sys.stderr
     labelers = {t: load(t) for t in cfg.probes.targets}
