@@ -56,6 +56,7 @@ def test_each_run_at_its_own_training_chosen_layer_with_paired_difference():
     text = format_comparison(a, b, [c])
     assert "constant prediction" in text and "`up_2_0` (relative depth 100 of 100)" in text
     assert "beats its permuted control from step 3 on" in text and "B - A (paired)" in text
+    assert "beats x_t from step 3 on where it is testable (a constant prediction at step 0)" in text
 
 
 def test_other_test_items_are_not_paired():

@@ -66,9 +66,10 @@ def load_run(output: str, letter: str) -> ProbedRun:
 
 
 def config_differences(a: ProbedRun, b: ProbedRun) -> list[str]:
-    """`key (A / B)` for every run setting the two runs' stored configs differ in, except where they are stored."""
+    """`key (A / B)` for every setting the two runs' stored configs differ in, except where they are stored and how
+    they intervene (this view compares probes)."""
     fa, fb = flatten(a.config), flatten(b.config)
-    keys = [k for k in {**fa, **fb} if k != "output" and fa.get(k) != fb.get(k)]
+    keys = [k for k in {**fa, **fb} if k != "output" and not k.startswith("interventions.") and fa.get(k) != fb.get(k)]
     return [f"{k} ({fa.get(k)} / {fb.get(k)})" for k in keys]
 
 
@@ -102,14 +103,16 @@ class TargetComparison:
     steps: list[int]  # steps both runs probed
     # run name -> "ldm" / "permuted" / "latent" -> (mean, lo, hi) per step, None where its predictions were constant
     values: dict[str, dict[str, list[tuple | None]]]
-    emerges: dict[str, dict[str, int | None]]  # run name -> control -> first step beating it from then on
+    # run name -> control -> the first step from which the LDM beats it at every later step where it is testable
+    emerges: dict[str, dict[str, int | None]]
+    untestable: dict[str, dict[str, list[int]]]  # run name -> control -> steps where it predicted a constant
     difference: list[tuple] | None  # per step, B - A paired over the same test items; None when items differ
     profiles: dict[str, list[tuple[str, float, tuple]]]
 
 
 def compare_target(a: ProbedRun, b: ProbedRun, target: str) -> TargetComparison:
     """Both runs' findings for `target` on the steps both probed, and B - A paired where their test items match."""
-    hooks, values, emerges, depth, tables = {}, {}, {}, {}, {}
+    hooks, values, emerges, untestable, depth, tables = {}, {}, {}, {}, {}, {}
     for run in (a, b):
         chosen, table = compare(run.rows, target)
         hooks[run.name] = {k: chosen[k] for k in ("ldm", "permuted")}
@@ -120,9 +123,10 @@ def compare_target(a: ProbedRun, b: ProbedRun, target: str) -> TargetComparison:
         table = [tables[run.name][s] for s in steps]
         values[run.name] = {v: [None if v in t.constant else t.values.get(v, (np.nan,) * 3) for t in table]
                             for v in ("ldm", "permuted", "latent")}
-        # a step where the control predicts a constant tests nothing: it counts as not beaten
-        emerges[run.name] = {c: first_step_above(table, lambda t, c=c: np.nan if c in t.constant else t.margin(c, 1))
-                             for c in ("permuted", "latent")}
+        # a step where the control predicts a constant tests nothing: left out, and listed (`untestable`)
+        emerges[run.name] = {c: first_step_above([t for t in table if c not in t.constant], lambda t, c=c:
+                                                 t.margin(c, 1)) for c in ("permuted", "latent")}
+        untestable[run.name] = {c: [t.step for t in table if c in t.constant] for c in ("permuted", "latent")}
     difference = None
     if a.test_items == b.test_items:
         index = {run.name: {(r["hook"], r["step"]): r for r in run.rows if r["target"] == target
@@ -130,7 +134,7 @@ def compare_target(a: ProbedRun, b: ProbedRun, target: str) -> TargetComparison:
         difference = [paired_margin(index[b.name].get((hooks[b.name]["ldm"], s)),
                                     index[a.name].get((hooks[a.name]["ldm"], s))) for s in steps]
     profiles = {run.name: layer_profile(run.rows, target) for run in (a, b)}
-    return TargetComparison(target, hooks, depth, steps, values, emerges, difference, profiles)
+    return TargetComparison(target, hooks, depth, steps, values, emerges, untestable, difference, profiles)
 
 
 def compare_runs(a: ProbedRun, b: ProbedRun) -> list[TargetComparison]:
@@ -153,17 +157,28 @@ def _triples(values: list[tuple | None]) -> np.ndarray:
     return np.array([(np.nan,) * 3 if v is None else v for v in values], np.float64).reshape(-1, 3)
 
 
+def beat_text(step: int | None, untestable: list[int], n_steps: int) -> str:
+    """"from step 3 on", with the steps left out because the control predicted a constant there."""
+    if len(untestable) == n_steps:
+        return "(not testable: the control predicts a constant at every step)"
+    if not untestable:
+        return step_text(step)
+    return (f"{step_text(step)} where it is testable (a constant prediction at step"
+            f"{'s' if len(untestable) > 1 else ''} {', '.join(map(str, untestable))})")
+
+
 def summary_lines(c: TargetComparison) -> list[str]:
     """Per run: the chosen layer and its relative depth, where its value peaks, and from which step it beats its
-    permuted control and x_t."""
+    permuted control and x_t (paired lower bound above 0; steps where the control is constant left out)."""
     out = []
     for name, v in c.values.items():
         means = _triples(v["ldm"])[:, 0]
         peak = c.steps[int(np.nanargmax(means))] if np.isfinite(means).any() else None
         d = c.depth[name]
+        beats = "; ".join(f"beats {shown} {beat_text(c.emerges[name][k], c.untestable[name][k], len(c.steps))}"
+                          for k, shown in (("permuted", "its permuted control"), ("latent", "x_t")))
         out.append(f"{name}: layer `{c.hooks[name]['ldm']}` (relative depth {'n/a' if d is None else f'{d:.0f}'} of "
-                   f"100), peak at step {peak}; beats its permuted control {step_text(c.emerges[name]['permuted'])}, "
-                   f"x_t {step_text(c.emerges[name]['latent'])}")
+                   f"100), peak at step {peak}; {beats}")
     return out
 
 
