@@ -88,12 +88,23 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
+def _config_version(checkpoint: str, config: dict) -> str:
+    """`<checkpoint>@config-<digest>`: pins weights that carry no commit hash by their config."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{checkpoint}@config-{digest[:12]}"
+
+
 def _hf_version(checkpoint: str, model) -> str:
     commit = getattr(model.config, "_commit_hash", None)
     if commit:
         return f"{checkpoint}@{commit[:12]}"
-    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
-    return f"{checkpoint}@config-{digest[:12]}"
+    return _config_version(checkpoint, model.config.to_dict())
+
+
+def _missing_checkpoint(checkpoint: str, err: OSError) -> UserError:
+    return UserError(
+        f"cannot load labeler checkpoint {checkpoint!r} ({type(err).__name__}): not a local folder and not in the "
+        f"Hugging Face cache; download it where there is network (`hf download {checkpoint}`) or pass a folder")
 
 
 def _load_hf(auto_class: str, checkpoint: str, device: str, trust_remote_code: bool):
@@ -110,10 +121,7 @@ def _load_hf(auto_class: str, checkpoint: str, device: str, trust_remote_code: b
             ) from None
         raise UserError(f"cannot load labeler checkpoint {checkpoint!r}: {err}") from None
     except OSError as err:
-        raise UserError(
-            f"cannot load labeler checkpoint {checkpoint!r} ({type(err).__name__}): not a local folder and not in the "
-            f"Hugging Face cache; download it where there is network (`hf download {checkpoint}`) or pass a folder"
-        ) from None
+        raise _missing_checkpoint(checkpoint, err) from None
     return processor, model.to(device).eval()
 
 
@@ -216,14 +224,10 @@ def _marigold_normals(checkpoint: str, device: str, batch_size: int) -> Labeler:
     try:
         pipe = MarigoldNormalsPipeline.from_pretrained(checkpoint).to(device)
     except OSError as err:
-        raise UserError(
-            f"cannot load normals labeler checkpoint {checkpoint!r} ({type(err).__name__}): not a local folder and "
-            f"not in the Hugging Face cache; download it where there is network (`hf download {checkpoint}`) or pass "
-            "a folder") from None
+        raise _missing_checkpoint(checkpoint, err) from None
     pipe.set_progress_bar_config(disable=True)
-    version = f"{checkpoint}@config-" + hashlib.sha256(json.dumps(
-        {name: dict(getattr(pipe, name).config) for name in ("unet", "vae", "scheduler")}, sort_keys=True,
-        default=str).encode()).hexdigest()[:12]
+    version = _config_version(checkpoint, {name: dict(getattr(pipe, name).config)
+                                           for name in ("unet", "vae", "scheduler")})
 
     def label(images: np.ndarray) -> np.ndarray:
         out = []

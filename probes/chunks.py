@@ -36,11 +36,17 @@ def to_tensor(x: Any) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
 
 
-def check_finite(x: torch.Tensor, what: str, first_image: int = 0) -> None:
-    """Raise NonFiniteError naming the images (first axis, offset by `first_image`) that hold NaN/inf."""
-    if bool(torch.isfinite(x).all()):
-        return
-    bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).nonzero().flatten()
+def check_finite(x: torch.Tensor | np.ndarray, what: str, first_image: int = 0) -> None:
+    """Raise NonFiniteError naming the images (first axis, offset by `first_image`) that hold NaN/inf. A numpy array
+    is checked as it is (labels read from a store are read-only, which torch.from_numpy warns about)."""
+    if isinstance(x, np.ndarray):
+        if np.isfinite(x).all():
+            return
+        bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))
+    else:
+        if bool(torch.isfinite(x).all()):
+            return
+        bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).nonzero().flatten()
     raise NonFiniteError(what, [first_image + int(i) for i in bad])
 
 

@@ -36,7 +36,6 @@ import torch
 from probes.chunks import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_CHUNK_BYTES,
-    NonFiniteError,
     StandardisedBlocks,
     check_finite,
     iter_blocks,
@@ -118,9 +117,7 @@ def check_normals(normals: np.ndarray, valid: np.ndarray, what: str = "normals",
     if tuple(valid.shape) != tuple(normals.shape[:3]):
         raise ValueError(f"the valid-pixel mask of {what} must be (image, H, W) = {normals.shape[:3]}, "
                          f"got {tuple(valid.shape)}")
-    finite = np.isfinite(normals).reshape(len(normals), -1).all(1)  # numpy: labels read from a store are read-only
-    if not finite.all():
-        raise NonFiniteError(what, [first_image + int(i) for i in np.flatnonzero(~finite)])
+    check_finite(normals, what, first_image)
     off = np.abs(np.linalg.norm(normals.astype(np.float64), axis=-1) - 1) > UNIT_TOLERANCE
     bad = np.flatnonzero((off & np.asarray(valid, bool)).any((1, 2)))
     if len(bad):

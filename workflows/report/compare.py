@@ -32,10 +32,10 @@ from ldm.errors import UserError
 from ldm.hooks import hook_position
 from probes.metrics import bootstrap_ci
 from workflows.config import EXTRAS
-from workflows.config.schema import flatten
+from workflows.config.schema import flatten, to_dict
 from workflows.report.figures import PALETTE, Series, line_chart_svg
 from workflows.report.findings import CONSTANT, HEADLINE, compare, first_step_above, paired_margin, signed, step_text
-from workflows.store import read_manifest, stored_config
+from workflows.store import load_run_config, read_manifest
 
 N_BOOT = 2000
 
@@ -56,9 +56,7 @@ def load_run(output: str, letter: str) -> ProbedRun:
     """A run whose probe stage is done, named by its letter and model ("A: toy")."""
     from workflows.stages.grid import read_metrics
 
-    cfg = stored_config(output)
-    if cfg is None:
-        raise UserError(f"{output!r} holds no sceneprobe run (no config.yaml); give the output folder of a probed run")
+    cfg = to_dict(load_run_config(output))  # a folder without a run: the store's own NoRunError
     rows = read_metrics(output).to_pylist()
     manifest = read_manifest(output).to_pylist()
     items = [(r["prompt"], int(r["seed"])) for r in sorted(manifest, key=lambda r: r["image"]) if r["split"] == "test"]
