@@ -94,9 +94,11 @@ def cached_latents(model: ToyDiT, images, state_dir: Path, n: int) -> torch.Tens
         return load_file(str(path))["latents"]
     with torch.no_grad():
         cfg = model.vae.config
-        latents = (encode_means(model.vae, images) - cfg.shift_factor) * cfg.scaling_factor
+        # contiguous, as the cache hands it back: the encoder's output is channels-last, and a resumed run must see
+        # the same memory layout (convolutions sum in a layout-dependent order) to continue bit for bit
+        latents = ((encode_means(model.vae, images) - cfg.shift_factor) * cfg.scaling_factor).contiguous()
     state_dir.mkdir(parents=True, exist_ok=True)
-    save_file({"latents": latents.contiguous()}, str(path))
+    save_file({"latents": latents}, str(path))
     return latents
 
 
