@@ -125,3 +125,56 @@ def test_a_target_without_a_labeler_for_the_model_is_refused_first():
     check_run_labelers(RunConfig(probes=from_dict({"probes": {"targets": list(TARGETS)}}).probes))  # toy: fine
     with pytest.raises(UserError, match="unknown light labeler 'dpt'; choose one of toy"):
         check_labelers("toy", {"light": "dpt"})
+
+
+def test_parallel_label_tasks_create_the_arrays_once_and_keep_each_others_labels(tmp_path, monkeypatch):
+    """The Ray label tasks of one target start together: each one finds no array and creates it. Every task here
+    reaches creation before any has created (a barrier), and the labels array is then made by one task after
+    another; each must open what another made, and no task's mask may be wiped by a later creation."""
+    import threading
+
+    import workflows.stages.labels as stage
+
+    output = str(tmp_path / "run")
+    build(output, vectors=True)
+    labeler, shards = fake_vector_labelers()["normals"], [0, 1, 2]
+    barrier, one_at_a_time = threading.Barrier(len(shards)), threading.Lock()
+
+    class Racing:  # the store as each task sees it, with creations lined up as the race lines them up
+        def __init__(self, root):
+            self.root = root
+
+        def __getattr__(self, name):
+            return getattr(self.root, name)
+
+        def __contains__(self, path):
+            return path in self.root
+
+        def __getitem__(self, path):
+            return self.root[path]
+
+        def create_array(self, path, **spec):
+            if path == "labels/normals_valid":
+                barrier.wait(timeout=30)
+            with one_at_a_time:
+                return self.root.create_array(path, **spec)
+
+    opened = stage.open_store
+    monkeypatch.setattr(stage, "open_store", lambda *a, **k: Racing(opened(*a, **k)))
+    errors = []
+
+    def task(shard):
+        try:
+            stage.label_shards(output, "normals", labeler, [shard])
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=task, args=(s,)) for s in shards]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    images = open_store(output)["images"][:]
+    labelled = np.arange(12)  # shards 0-2 of 4 images
+    np.testing.assert_array_equal(read_labels(output, "normals", labelled, mask=True), images[:12, ..., 2] >= 64)

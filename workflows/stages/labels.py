@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TextIO
 
 import numpy as np
+from zarr.errors import ContainsArrayError
 
 from ldm.errors import UserError
 from ldm.labelers import LOADERS, Labeler, check_labelers
@@ -59,26 +60,32 @@ def label_shape(target: str, n: int, height: int, width: int) -> tuple[tuple[int
 
 
 def _label_array(root, target: str, labeler: Labeler, n: int, height: int, width: int, chunk: int, compression: str):
-    path = labels(target)
-    if path in root:
-        arr = root[path]
-        stored = arr.attrs.get("version")
-        if stored != labeler.version:
-            raise UserError(
-                f"labels/{target} was made by {arr.attrs.get('labeler')} {stored}, not {labeler.name} "
-                f"{labeler.version}; use the same labeler, or a new run to relabel"
-            )
-        return arr
+    """`labels/<target>` (and its mask), created by whichever of the stage's parallel tasks comes first: creation is
+    never an exists-then-create check, which two tasks can both pass (the second then failed, or wiped the first's
+    mask); a task that finds the array made checks it came from the same labeler."""
     shape, dims = label_shape(target, n, height, width)
     attrs = {"labeler": labeler.name, "version": labeler.version}
-    if target in MASKED:  # created first (over any left by a crash here): the labels array's existence says both exist
-        root.create_array(label_mask(target), shape=(n, height, width), chunks=(chunk, height, width), dtype="bool",
-                          fill_value=False, dimension_names=("image", "y", "x"), attributes=attrs,
-                          compressors=checksummed(compression), overwrite=True)
-    return root.create_array(
-        path, shape=shape, chunks=(chunk, *shape[1:]), dtype="float32", fill_value=np.nan,
-        dimension_names=dims, attributes=attrs, compressors=checksummed(compression),
-    )
+    if target in MASKED:  # first: the labels array's existence says both exist (one left by a crash is reused)
+        _create_or_open(root, label_mask(target), shape=(n, height, width), chunks=(chunk, height, width),
+                        dtype="bool", fill_value=False, dimension_names=("image", "y", "x"), attributes=attrs,
+                        compressors=checksummed(compression))
+    arr = _create_or_open(root, labels(target), shape=shape, chunks=(chunk, *shape[1:]), dtype="float32",
+                          fill_value=np.nan, dimension_names=dims, attributes=attrs,
+                          compressors=checksummed(compression))
+    stored = arr.attrs.get("version")
+    if stored != labeler.version:
+        raise UserError(
+            f"labels/{target} was made by {arr.attrs.get('labeler')} {stored}, not {labeler.name} "
+            f"{labeler.version}; use the same labeler, or a new run to relabel"
+        )
+    return arr
+
+
+def _create_or_open(root, path: str, **spec):
+    try:
+        return root.create_array(path, **spec)
+    except ContainsArrayError:  # another task made it
+        return root[path]
 
 
 def label_shards(output: str, target: str, labeler: Labeler, shards: Sequence[int] | None = None,
