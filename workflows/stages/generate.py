@@ -18,6 +18,7 @@ from typing import TextIO
 
 from ldm.errors import UserError
 from workflows.config import ConfigError, RunConfig
+from workflows.stages.image_source import is_image_source, stage_inputs, staged
 from workflows.stages.progress import Progress
 from workflows.stages.prompts import build_plan
 from workflows.stages.shard import Shard, describe, generate_shard, load, make_shards
@@ -67,6 +68,8 @@ def generate(cfg: RunConfig, resume: bool = False, run_shards: ShardRunner | Non
             load_layout(cfg.output)  # fails early on a store that is not ours
         else:
             create_store(cfg, plan, layout)
+        if is_image_source(cfg) and staged(cfg.output) is None:  # the given images (and truth), before any shard
+            stage_inputs(cfg, plan, layout.image)
 
     def on_done(shard: Shard, record: dict) -> None:
         done[shard.index] = record
