@@ -25,7 +25,7 @@ from ldm.errors import UserError
 from ldm.labelers import check_labelers
 from workflows.config import IMAGE_SOURCES, TARGETS, ConfigError, RunConfig
 from workflows.stages.image_files import Item, image_size, list_items, read_image, read_label
-from workflows.stages.prompts import PromptsError, hash_split
+from workflows.stages.prompts import PromptsError, build_plan, check_prompts, hash_split
 from workflows.store import Plan, Records, open_store
 from workflows.store.paths import INPUT_IMAGES, INPUT_RECORDS, truth
 from workflows.store.run_store import checksummed
@@ -94,6 +94,17 @@ def source_plan(cfg: RunConfig) -> Plan:
     chosen = _ordered_items(cfg)
     return Plan(["" if empty else it.caption for it, _, _ in chosen], [s for _, s, _ in chosen],
                 [sp for _, _, sp in chosen])
+
+
+def run_plan(cfg: RunConfig) -> Plan:
+    """The plan of any run: an image source's (`source_plan`) or the prompts' (`prompts.build_plan`)."""
+    return source_plan(cfg) if is_image_source(cfg) else build_plan(cfg)
+
+
+def check_run_inputs(cfg: RunConfig) -> None:
+    """A new run's prompts or image set, read and checked before anything starts."""
+    check_prompts(cfg)
+    check_source(cfg)
 
 
 def truth_targets(cfg: RunConfig, items: list[Item] | None = None) -> tuple[str, ...]:
@@ -179,8 +190,6 @@ def staged(output: str) -> dict | None:
 def stage_inputs(cfg: RunConfig, plan: Plan, image: tuple[int, int]) -> dict:
     """Write the inputs and their truth into the run's store (the module docstring); returns the staging record.
     Truth is left out of a control variant's store (its activations are probed against the run's labels)."""
-    from workflows.stages.labels import label_shape
-
     root = open_store(cfg.output, mode="r+")
     n, (h, w), chunk = len(plan), image, cfg.batch_size
     comp = checksummed(cfg.compression)
@@ -198,7 +207,8 @@ def stage_inputs(cfg: RunConfig, plan: Plan, image: tuple[int, int]) -> dict:
                                                  dtype="uint8", fill_value=0, compressors=comp, overwrite=True,
                                                  dimension_names=("image", "y", "x", "rgb"))
             for target in ([] if cfg.permute_seed is not None else truths):
-                shape, dims = label_shape(target, n, h, w)
+                shape = (n, *truths[target].shape[1:])  # like labels/<target> (`labels.label_shape`)
+                dims = {2: ("image", "xyz"), 4: ("image", "y", "x", "xyz")}.get(len(shape), ("image", "y", "x"))
                 arrays[target] = root.create_array(truth(target), shape=shape, chunks=(chunk, *shape[1:]),
                                                    dtype="float32", fill_value=np.nan, compressors=comp,
                                                    dimension_names=dims, overwrite=True)
@@ -248,5 +258,5 @@ def refuse_edits(cfg: RunConfig, command: str) -> None:
                           "or file)")
 
 
-__all__ = ["TruthLabeler", "check_source", "is_image_source", "label_sources", "refuse_edits", "shard_images",
+__all__ = ["TruthLabeler", "check_run_inputs", "check_source", "run_plan", "is_image_source", "label_sources", "refuse_edits", "shard_images",
            "source_plan", "stage_inputs", "staged"]

@@ -147,20 +147,14 @@ def check_prompts(cfg: RunConfig) -> None:
     config), so its captions are not rendered here a second time (about 9 s per 1,000 images)."""
     if cfg.prompts.source == "file":
         build_plan(cfg)
-    elif cfg.prompts.source == "images":
-        from workflows.stages.image_source import check_source  # it reads prompts' files: imported here, not above
-
-        check_source(cfg)
 
 
 def build_plan(cfg: RunConfig) -> Plan:
     """The ordered (prompt, seed, split) items of a run: train first, then test, each in source order."""
     if cfg.prompts.source == "toy":
         return toy_plan(cfg)
-    if cfg.prompts.source != "file":  # an image source (the noised-image protocol)
-        from workflows.stages.image_source import source_plan
-
-        return source_plan(cfg)
+    if cfg.prompts.source != "file":  # an image source: workflows.stages.image_source.run_plan
+        raise ValueError(f"prompts.source {cfg.prompts.source} has no prompts plan; use image_source.run_plan")
     p = cfg.prompts
     if p.path:
         items = load_file(p.path, cfg)
