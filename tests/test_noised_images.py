@@ -257,3 +257,32 @@ def test_renders_on_the_ray_actor_pool_equal_the_local_run(renders_run, tmp_path
     for name in HOOKS + ["latent"]:
         np.testing.assert_allclose(a[f"acts/{name}/act"][:].astype(np.float32),
                                    b[f"acts/{name}/act"][:].astype(np.float32), atol=2e-3, err_msg=name)
+
+
+def test_a_parquet_table_with_image_bytes_and_png_masks(tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(1)
+    rows, masks = [], []
+    for i in range(4):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
+        mask = np.zeros((64, 64), np.uint8)
+        mask[8 * i:8 * i + 20, 10:30] = 255
+        masks.append(mask > 0)
+        Image.fromarray(mask).save(tmp_path / f"m{i}.png")
+        rows.append({"image": buf.getvalue(), "caption": f"picture {i}", "saliency": f"m{i}.png",
+                     "split": "train" if i < 2 else "test"})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "set.parquet")
+    cfg = folder_cfg(tmp_path, tmp_path / "set.parquet")
+    assert generate(cfg).ok
+    label_run(cfg)
+    root = zarr.open_group(f"{cfg.output}/store.zarr", mode="r")
+    assert list(root["split"][:]) == ["train", "train", "test", "test"]
+    assert list(root["prompt"][:]) == [f"picture {i}" for i in range(4)]
+    np.testing.assert_array_equal(read_labels(cfg.output, "saliency"), np.stack(masks).astype(np.float32))
+    assert root["labels/saliency"].attrs["labeler"] == "truth"
+    assert root["labels/depth"].attrs["labeler"] == "toy-depth"
