@@ -205,6 +205,8 @@ BAD = {
     "a missing folder": (None, {}, "not found"),
     "light: no truth and no labeler for this model": ({}, {"model": "toy", "probes": {"targets": ["light"]},
                                                            "labels": {"source": "truth"}}, "no light truth"),
+    "light on SD images: no truth given, no labeler for real images": (
+        {}, {"model": "CompVis/stable-diffusion-v1-4", "probes": {"targets": ["light"]}}, "no labeler for real images"),
     "an unknown source": ({}, {"prompts": {"source": "pictures"}}, "toy-renders, images"),
     "intervene on an image source": ({}, {"stages": ["generate", "intervene"]}, "drop it"),
 }
