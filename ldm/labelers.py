@@ -256,17 +256,18 @@ LOADERS = {"depth": load_depth_labeler, "saliency": load_saliency_labeler, "norm
            "light": load_light_labeler}
 
 
-def check_labelers(model: str, kinds: dict[str, str]) -> None:
+def check_labelers(model: str, kinds: dict[str, str], toy_world: bool = False) -> None:
     """Refuse, before any work, a target whose labeler cannot label `model`'s images: `kinds` maps each target to
     its labeler kind. An unknown target or kind lists the valid ones; a toy-world-only labeler (`TOY_WORLD_ONLY`) on
-    a model outside the toy world names the fix."""
+    a model outside the toy world names the fix. `toy_world`: the images are toy-world images whatever the model
+    (toy renders run through the noised-image protocol), so the toy labelers read them."""
     for target, kind in kinds.items():
         if target not in KINDS:
             raise UserError(f"unknown label target {target!r}; choose one of {', '.join(KINDS)}")
         if kind not in KINDS[target]:
             raise UserError(f"labels.{target}.kind: unknown {target} labeler {kind!r}; choose one of "
                             f"{', '.join(KINDS[target])}")
-        if kind in TOY_WORLD_ONLY.get(target, ()) and model not in TOY_WORLD_MODELS:
+        if kind in TOY_WORLD_ONLY.get(target, ()) and model not in TOY_WORLD_MODELS and not toy_world:
             others = [k for k in KINDS[target] if k not in TOY_WORLD_ONLY[target]]
             fix = f"choose labels.{target}.kind: {' or '.join(others)}" if others else f"remove {target} from " \
                   "probes.targets (no labeler for real images exists yet)"

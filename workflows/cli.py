@@ -12,12 +12,14 @@ def cmd_patch(args: argparse.Namespace) -> int:
     """The patching map alone (the intervene stage also runs it first when interventions.patching is set)."""
     from workflows.config import PatchingConfig, load_config
     from workflows.pipeline import patch
+    from workflows.stages.image_source import refuse_edits
     from workflows.store import require_run
     from workflows.store.lease import Holding
 
     cfg = load_config(args.config, list(args.set) + ([f"output={args.output}"] if args.output else []))
     if cfg.interventions.patching is None:  # the subcommand asks for the map: the section's defaults
         cfg.interventions.patching = PatchingConfig()
+    refuse_edits(cfg, "patch")
     require_run(cfg, "patch")  # before the lease: a missing run leaves no folder behind
     with Holding(cfg.output):
         ok = patch(cfg, not args.no_ray, args.address, args.fresh, sys.stderr)

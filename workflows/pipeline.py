@@ -24,10 +24,10 @@ from workflows.report.page import build_report
 from workflows.stages.animate import animate_run
 from workflows.stages.generate import check_inputs, generate, generate_controls, local_runner
 from workflows.stages.grid import probe_run
+from workflows.stages.image_source import check_run_inputs, refuse_edits
 from workflows.stages.interventions import run_interventions
 from workflows.stages.labels import check_run_labelers, label_run
 from workflows.stages.patching_stage import run_patching
-from workflows.stages.prompts import check_prompts
 from workflows.store import check_output, require_run
 from workflows.store.lease import Holding
 
@@ -36,12 +36,14 @@ def check_before_start(cfg: RunConfig, stages: tuple[str, ...], resume: bool) ->
     """Refuse what can be refused cheaply, before Ray starts: a generation's inputs (model, scheduler, dtype, output,
     prompts), a missing run for the later stages, a probe target without a labeler for this model's images, a caption
     control for a model without a text encoder."""
+    if "intervene" in stages:
+        refuse_edits(cfg, "intervene")
     if "label" in stages:  # first: a config-only check, before the model is looked up
         check_run_labelers(cfg)
     if "generate" in stages or "controls" in stages:
         check_inputs(cfg, in_ray_job=bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")))
         if "generate" in stages and not check_output(cfg, resume):
-            check_prompts(cfg)  # a new run's prompts: a missing file or column is named now
+            check_run_inputs(cfg)  # a new run's prompts or images: a missing file or column is named now
     else:
         require_run(cfg, stages[0])
     if "probe" in stages and "caption" in cfg.probes.controls:

@@ -17,6 +17,9 @@ METHODS = ("paper", "closed-form", "random")  # edit methods (workflows.stages.e
 MODEL_CONTROLS = ("permuted",)
 ACT_DTYPES = ("float16", "bfloat16", "float8_e4m3")  # how activations are stored (workflows.store.act_dtype)
 FEATURE_CONTROLS = ("caption",)
+# prompts.source: generated images (toy captions, prompt files), or given images run through the noised-image protocol
+IMAGE_SOURCES = ("toy-renders", "images")
+PROMPT_SOURCES = ("toy", "file") + IMAGE_SOURCES
 
-__all__ = ["ACT_DTYPES", "EXTRAS", "FEATURE_CONTROLS", "MAP_TARGETS", "METHODS", "MODEL_CONTROLS", "STAGES", "TARGETS",
+__all__ = ["ACT_DTYPES", "EXTRAS", "FEATURE_CONTROLS", "IMAGE_SOURCES", "MAP_TARGETS", "PROMPT_SOURCES", "METHODS", "MODEL_CONTROLS", "STAGES", "TARGETS",
            "VECTOR_TARGETS"]

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from workflows.config.interventions import InterventionConfig
-from workflows.config.names import ACT_DTYPES, EXTRAS, FEATURE_CONTROLS, MAP_TARGETS, MODEL_CONTROLS, STAGES, TARGETS
+from workflows.config.names import (ACT_DTYPES, EXTRAS, FEATURE_CONTROLS, IMAGE_SOURCES, MAP_TARGETS, MODEL_CONTROLS,
+                                    PROMPT_SOURCES, STAGES, TARGETS)
 from workflows.config.schema import ConfigError, flatten, to_dict
 
 @dataclass
@@ -22,6 +23,13 @@ class PromptsConfig:
     source "file": rows of CSV, Parquet or JSONL files with a prompt and a seed column. Either `train` and `test` (one
         file per split, like the paper's split files) or `path` (one file; its `split` column if present, otherwise a
         stable hash of (prompt, seed) puts `test_fraction` of the rows in the test split).
+    source "toy-renders" / "images": the noised-image protocol (`ldm.noised`, `workflows.stages.image_source`): the
+        model is run on given images instead of generating. "toy-renders": toy-world renders of the toy plan's seeds
+        with their exact truth (depth, saliency, normals, light); "images": `path` is a folder of PNG/JPG images with
+        optional label files beside them (`NAME.depth.npy|png`, `NAME.saliency.npy|png`, `NAME.normals.npy|png`,
+        `NAME.light.npy`, a caption in `NAME.txt`) or a Parquet table (`image_column`: a path or the file's bytes;
+        the caption in `prompt_column`, default caption or prompt; label columns named by target). `caption`:
+        condition on each image's caption or on the empty prompt; `depth_files`: what depth label files hold.
     """
 
     source: str = "toy"
@@ -32,6 +40,9 @@ class PromptsConfig:
     seed_column: str | None = None  # None: "seed" or "seeds"
     split_column: str = "split"
     first_seed: int = 0
+    caption: str = "caption"  # image sources: "caption" (the image's caption) or "empty" (the empty prompt)
+    image_column: str = "image"  # image sources, Parquet table: the image's path (relative to the table) or bytes
+    depth_files: str = "depth"  # image sources: label files hold z-depth ("depth", larger = farther) or "inverse"
 
 
 @dataclass
@@ -55,6 +66,9 @@ class LabelsConfig:
     normals: LabelerConfig = field(default_factory=LabelerConfig)
     light: LabelerConfig = field(default_factory=LabelerConfig)
     ceiling_images: int = 64
+    # where labels come from: "auto" (an image source's truth where it has it, else the labelers), "truth" (the
+    # source's truth for every probe target, refused where it has none), "labelers" (always the labelers)
+    source: str = "auto"
     device: str = "cpu"  # cpu, cuda or auto; with cuda each Ray label task takes one GPU
     shards_per_task: int = 4
 
@@ -122,7 +136,10 @@ RUNTIME_FIELDS = ("actors", "gpus_per_actor", "cpus_per_actor", "max_retries", "
 STAGE_SECTIONS = ("labels.", "probes.", "interventions", "stages")
 
 _CHOICES = {
-    "prompts.source": ("toy", "file"),
+    "prompts.source": PROMPT_SOURCES,
+    "prompts.caption": ("caption", "empty"),
+    "prompts.depth_files": ("depth", "inverse"),
+    "labels.source": ("auto", "truth", "labelers"),
     "compression": ("lz4", "zstd", "none"),
     "act_dtype": ACT_DTYPES,
     "extras": EXTRAS,
@@ -161,16 +178,32 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("gpus_per_actor must be > 0, cpus_per_actor >= 1 and max_retries >= 0")
     if not cfg.output:
         raise ConfigError("output must name a directory or URL")
-    if p.source == "toy":
+    if p.source in ("toy", "toy-renders"):
         if cfg.num_images is None:
-            raise ConfigError("num_images is required with prompts.source 'toy'")
+            raise ConfigError(f"num_images is required with prompts.source {p.source!r}")
         if any((p.path, p.train, p.test)):
-            raise ConfigError("prompts.path/train/test are for prompts.source 'file', not 'toy'")
+            raise ConfigError(f"prompts.path/train/test are for prompts.source 'file' or 'images', not {p.source!r}")
+    elif p.source == "images":
+        if not p.path or p.train or p.test:
+            raise ConfigError("prompts.source 'images' needs prompts.path (a folder of images or a Parquet table), "
+                              "and no prompts.train/test")
     else:
         if p.path and (p.train or p.test):
             raise ConfigError("prompts: give either path (one file) or train and test (one file per split), not both")
         if not p.path and not (p.train and p.test):
             raise ConfigError("prompts.source 'file' needs prompts.path, or both prompts.train and prompts.test")
+    if p.source not in IMAGE_SOURCES:
+        if p.caption != "caption":
+            raise ConfigError(f"prompts.caption: {p.caption} is for image sources ({', '.join(IMAGE_SOURCES)}); a "
+                              "generation is always conditioned on its prompt")
+        if cfg.labels.source == "truth":
+            raise ConfigError(f"labels.source: truth needs images that come with it (prompts.source "
+                              f"{' or '.join(IMAGE_SOURCES)}); generated images have only the labelers' labels: use "
+                              "labels.source auto or labelers")
+    elif "intervene" in cfg.stages:
+        kept = [s for s in cfg.stages if s != "intervene"]
+        raise ConfigError(f"stages: intervene edits a generation and regenerates it, but prompts.source {p.source} "
+                          f"runs the model on given images; drop it: stages: [{', '.join(kept)}]")
     if cfg.hooks is not None and not cfg.hooks:
         raise ConfigError("hooks: give at least one hook point, or null for all of them")
     if cfg.probes.bootstrap < 10:

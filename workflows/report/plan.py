@@ -22,7 +22,7 @@ from ldm.architecture import describe_hook_points, image_size
 from workflows.config import RunConfig
 from workflows.stages.progress import format_bytes
 from workflows.stages.labels import MASKED, label_shape
-from workflows.stages.prompts import build_plan
+from workflows.stages.image_source import run_plan
 from workflows.store import FLOAT32_EXTRAS
 from workflows.store.act_dtype import STORED
 from workflows.store.paths import IMAGES, VARIANTS, label_mask, labels
@@ -61,7 +61,7 @@ class RunPlan:
 
 def plan_run(cfg: RunConfig, variants: tuple[str, ...] = ("ldm", "permuted", "shuffled"), costs: dict | None = None) -> RunPlan:
     """Sizes and counts of the run `cfg` describes; `costs` (seconds per image / per probe) gives device-hours."""
-    items = build_plan(cfg)
+    items = run_plan(cfg)
     n, n_train = len(items), items.count("train")
     points = {p.name: p for p in describe_hook_points(cfg.model, cfg.height, cfg.width)}
     hooks = [name for name, p in points.items() if p.kind != "extra"] if cfg.hooks is None else list(cfg.hooks)

@@ -18,8 +18,8 @@ from typing import TextIO
 
 from ldm.errors import UserError
 from workflows.config import ConfigError, RunConfig
+from workflows.stages.image_source import is_image_source, run_plan, stage_inputs, staged
 from workflows.stages.progress import Progress
-from workflows.stages.prompts import build_plan
 from workflows.stages.shard import Shard, describe, generate_shard, load, make_shards
 from workflows.store import (Layout, ShardWriter, bytes_on_disk, check_output, completion_records, create_store,
                              load_layout, load_plan, mark_failed, stored_config, write_manifest)
@@ -53,7 +53,7 @@ def generate(cfg: RunConfig, resume: bool = False, run_shards: ShardRunner | Non
     """Generate every image of the run that is not complete yet (see the module docstring); default runner: local."""
     stream = stream or sys.stderr
     resumed = check_output(cfg, resume)
-    plan = load_plan(cfg.output) if resumed else build_plan(cfg)  # a resumed run keeps its stored items and splits
+    plan = load_plan(cfg.output) if resumed else run_plan(cfg)  # a resumed run keeps its stored items and splits
     shards = make_shards(plan, cfg.shard_size)
     done = completion_records(cfg.output) if resumed else {}
     todo = [s for s in shards if s.index not in done]
@@ -67,6 +67,8 @@ def generate(cfg: RunConfig, resume: bool = False, run_shards: ShardRunner | Non
             load_layout(cfg.output)  # fails early on a store that is not ours
         else:
             create_store(cfg, plan, layout)
+        if is_image_source(cfg) and staged(cfg.output) is None:  # the given images (and truth), before any shard
+            stage_inputs(cfg, plan, layout.image)
 
     def on_done(shard: Shard, record: dict) -> None:
         done[shard.index] = record

@@ -21,9 +21,10 @@ import numpy as np
 from zarr.errors import ContainsArrayError
 
 from ldm.errors import UserError
-from ldm.labelers import LOADERS, Labeler, check_labelers
+from ldm.labelers import LOADERS, Labeler
 from workflows.config import TARGETS, RunConfig
 from workflows.stages.ceilings import ceiling_run
+from workflows.stages.image_source import TruthLabeler, label_sources
 from workflows.store import (Records, completion_records, load_run_config, open_store, require_run, shard_ranges,
                              take_images)
 from workflows.store.paths import label_mask, label_records, labels, shard_key
@@ -40,10 +41,11 @@ def load_labeler(target: str, kind: str = "toy", checkpoint: str | None = None, 
     return LOADERS[target](kind, checkpoint=checkpoint, device=device, trust_remote_code=trust_remote_code)
 
 
-def check_run_labelers(cfg: RunConfig) -> None:
-    """Every probe target has a labeler that can label this model's images (`ldm.labelers.check_labelers`): one
-    `error:` line before any work starts."""
-    check_labelers(cfg.model, {t: getattr(cfg.labels, t).kind for t in cfg.probes.targets})
+def check_run_labelers(cfg: RunConfig) -> dict[str, str]:
+    """Every probe target has the truth of an image source or a labeler that can label this model's images
+    (`image_source.label_sources`, `ldm.labelers.check_labelers`): one `error:` line before any work starts.
+    Returns {target: "truth" or "labeler"}."""
+    return label_sources(cfg)
 
 
 def labelled_shards(output: str, target: str) -> set[int]:
@@ -88,7 +90,7 @@ def _create_or_open(root, path: str, **spec):
         return root[path]
 
 
-def label_shards(output: str, target: str, labeler: Labeler, shards: Sequence[int] | None = None,
+def label_shards(output: str, target: str, labeler: Labeler | TruthLabeler, shards: Sequence[int] | None = None,
                  on_shard: Callable[[int, int], None] | None = None) -> list[int]:
     """Label the complete, not yet labelled shards (or just `shards`); returns the shards labelled now.
 
@@ -104,7 +106,8 @@ def label_shards(output: str, target: str, labeler: Labeler, shards: Sequence[in
     todo = sorted(ready if shards is None else ready & set(shards))
     for shard in todo:
         start, stop = ranges[shard]
-        out = labeler(images[start:stop])
+        # an image source's truth is read by image index; a labeler reads the pixels
+        out = labeler.label_range(start, stop) if isinstance(labeler, TruthLabeler) else labeler(images[start:stop])
         if target in MASKED:  # the pixels with a label: a labeler marks the others with the zero vector
             root[label_mask(target)][start:stop] = np.linalg.norm(out, axis=-1) > 0
         array[start:stop] = out
@@ -145,13 +148,15 @@ def label_run(cfg: RunConfig, label_many: LabelRunner | None = None, stream: Tex
     """Label every complete, unlabelled shard for each probe target; returns the shards labelled now per target.
     `label_many` executes the labelling (`workflows.ray.tasks.label_runner`); default: this process."""
     require_run(cfg, "label")
-    check_run_labelers(cfg)
+    sources = check_run_labelers(cfg)
     stream = stream or sys.stderr
     counts = {}
     for target in cfg.probes.targets:
         todo = sorted(set(completion_records(cfg.output)) - labelled_shards(cfg.output, target))
         start = time.monotonic()
-        if label_many is not None and todo:
+        if sources[target] == "truth":  # a copy of the staged truth: cheap, in this process
+            done = label_shards(cfg.output, target, TruthLabeler(cfg.output, target), todo)
+        elif label_many is not None and todo:
             done = [s for batch in label_many(target, todo) for s in batch]
         else:
             done = label_shards(cfg.output, target, load_labeler(target, **labeler_spec(cfg, target)), todo)

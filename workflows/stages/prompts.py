@@ -153,6 +153,8 @@ def build_plan(cfg: RunConfig) -> Plan:
     """The ordered (prompt, seed, split) items of a run: train first, then test, each in source order."""
     if cfg.prompts.source == "toy":
         return toy_plan(cfg)
+    if cfg.prompts.source != "file":  # an image source: workflows.stages.image_source.run_plan
+        raise ValueError(f"prompts.source {cfg.prompts.source} has no prompts plan; use image_source.run_plan")
     p = cfg.prompts
     if p.path:
         items = load_file(p.path, cfg)

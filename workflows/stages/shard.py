@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from workflows.config import ConfigError, RunConfig
+from workflows.stages.image_source import is_image_source, shard_images
 from workflows.store import Plan
 from workflows.store import Layout, ShardWriter, shard_ranges
 
@@ -76,21 +77,30 @@ def generate_shard(model, cfg: RunConfig, shard: Shard, writer: ShardWriter, att
     The sink hands each `(batch, h, w, c)` activation to the writer, which copies it into the batch buffer as it is
     produced (asynchronously from a GPU); the finished batch is written by the writer's threads while the next batch
     runs (see `ShardWriter`). Batches are fixed slices of the shard, so a regenerated shard repeats exactly the same
-    computations as the first attempt.
+    computations as the first attempt. On an image-source run the batch's given images are run through the
+    noised-image protocol (`ldm.noised.noised_pass`) instead, and written to `images` like generated ones.
     """
     _, capture = backend(cfg)
     hooks = None if cfg.hooks is None else list(cfg.hooks)
     t0 = time.perf_counter()
     writer.begin()
     image_sha = []
+    given = is_image_source(cfg)
+    if given:
+        from ldm.noised import noised_pass
     for a in range(shard.start, shard.stop, cfg.batch_size):
         b = min(a + cfg.batch_size, shard.stop)
 
         def sink(step: int, name: str, act, a=a) -> None:
             writer.write_act(name, a, step, act)
 
+        prompts, seeds = shard.prompts[a - shard.start:b - shard.start], shard.seeds[a - shard.start:b - shard.start]
         with capture(model, sink, hooks=hooks, extras=tuple(cfg.extras)):
-            images = model.generate(shard.prompts[a - shard.start:b - shard.start], shard.seeds[a - shard.start:b - shard.start])
+            if given:
+                images = shard_images(cfg.output, a, b)  # (batch, H, W, 3) uint8, staged by the generate stage
+                noised_pass(model, images, prompts, seeds)
+            else:
+                images = model.generate(prompts, seeds)
         writer.end_batch()
         writer.write_images(a, images)
         image_sha += [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]

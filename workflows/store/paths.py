@@ -76,3 +76,13 @@ def edited_images(task: str, method: str) -> str:
 def variant_output(output: str, variant: str) -> str:
     """Where a model variant's run lives: the run itself for "ldm", `variants/<name>` for a control."""
     return output if variant == "ldm" else f"{output.rstrip('/')}/{VARIANTS}/{variant}"
+
+
+# an image-source run's inputs (the noised-image protocol, workflows.stages.image_source), staged before any shard runs
+INPUT_IMAGES = "inputs/images"  # (image, y, x, rgb) uint8: the given images; each shard copies its own into IMAGES
+INPUT_RECORDS = "input_records"  # input_records/staged.json: the inputs are whole (names, truth targets, digest)
+
+
+def truth(target: str) -> str:
+    """The source's exact labels, shaped like `labels(target)`; the label stage copies them into `labels/<target>`."""
+    return f"inputs/truth/{target}"
